@@ -1,0 +1,1 @@
+//! The SMPP channel driver.

@@ -1,1 +1,329 @@
-fn main() {}
+//! The `pinpost` command: the daemon, its tools and the loopback SMSC.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use pinpost::config::{Config, parse_duration};
+use pinpost_smpp::sim::{IdBase, SimConfig, Smsc};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "pinpost", version, about = "Carrier-grade payment-PIN delivery gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ConfigArg {
+    /// TOML config file; without it the embedded defaults are used (SQLite, key and API
+    /// token in --state-dir, the built-in loopback SMSC).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Where the embedded defaults keep their files.
+    #[arg(long, default_value = "state", env = "STATE_DIRECTORY")]
+    state_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve(ConfigArg),
+    /// Parse and validate a config, then exit (0 = valid).
+    CheckConfig(ConfigArg),
+    /// Apply database migrations, then exit.
+    Migrate(ConfigArg),
+    /// Write a new PIN key file (32 random bytes, hex, mode 0600).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run the loopback SMSC: a real SMPP server for tests, with fault injection.
+    SmscSim(SimArgs),
+    /// Enqueue a delivery through the HTTP API. The PIN is read from a file or stdin,
+    /// never from the command line.
+    Enqueue(EnqueueArgs),
+    /// Show a delivery.
+    Status {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Args)]
+struct ApiArgs {
+    /// Base URL of the API.
+    #[arg(long, default_value = "http://127.0.0.1:8025", env = "PINPOST_URL")]
+    url: String,
+    /// File holding the bearer token.
+    #[arg(long, default_value = "state/api.token", env = "PINPOST_TOKEN_FILE")]
+    token_file: PathBuf,
+}
+
+#[derive(Args)]
+struct EnqueueArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// E.164 number, e.g. +819012345678.
+    #[arg(long)]
+    msisdn: String,
+    /// Read the PIN from this file ("-" for stdin).
+    #[arg(long, default_value = "-")]
+    pin_file: String,
+    /// Amount, e.g. 3000 (needs --currency).
+    #[arg(long, requires = "currency")]
+    amount: Option<String>,
+    #[arg(long, requires = "amount")]
+    currency: Option<String>,
+    #[arg(long)]
+    payee: Option<String>,
+    /// RFC 3339 expiry, e.g. 2026-12-01T00:00:00Z.
+    #[arg(long)]
+    expires_at: Option<String>,
+    /// Idempotency key; a random one by default.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Args)]
+struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:2775")]
+    listen: SocketAddr,
+    /// Accept only this system_id (any when absent).
+    #[arg(long)]
+    system_id: Option<String>,
+    /// Accept only this password (any when absent).
+    #[arg(long)]
+    password: Option<String>,
+    /// Delay before each delivery receipt, e.g. 0s, 250ms, 5s.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    receipt_delay: Duration,
+    /// Never send delivery receipts.
+    #[arg(long)]
+    no_receipts: bool,
+    /// Append every message as a JSON line to this file (message texts included).
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// message_id format in submit_sm_resp.
+    #[arg(long, default_value = "hex", value_parser = parse_base)]
+    message_id_base: IdBase,
+    /// Format of the id in receipts (defaults to --message-id-base).
+    #[arg(long, value_parser = parse_base)]
+    receipt_id_base: Option<IdBase>,
+    /// Fraction (0..1) of submit_sm answered ESME_RTHROTTLED.
+    #[arg(long, default_value_t = 0.0)]
+    throttle: f64,
+    /// Delay every submit_sm_resp.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    response_delay: Duration,
+    /// Never answer every Nth submit_sm.
+    #[arg(long)]
+    no_answer_every: Option<u64>,
+    /// Close each connection after it received N PDUs.
+    #[arg(long)]
+    drop_after: Option<u64>,
+    /// Refuse every bind.
+    #[arg(long)]
+    refuse_binds: bool,
+    /// Destination prefixes answered ESME_RINVDSTADR (repeatable).
+    #[arg(long)]
+    reject_prefix: Vec<String>,
+    /// Destination prefixes accepted but receipted UNDELIV (repeatable).
+    #[arg(long)]
+    undeliverable_prefix: Vec<String>,
+    /// Seed for the fault injection's random choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn parse_base(s: &str) -> Result<IdBase, String> {
+    match s {
+        "hex" => Ok(IdBase::Hex),
+        "dec" | "decimal" => Ok(IdBase::Decimal),
+        _ => Err("expected hex or dec".into()),
+    }
+}
+
+fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
+    let env = std::env::vars();
+    let cfg = match &arg.config {
+        Some(p) => Config::load(p, env)?,
+        None => Config::load_embedded(&arg.state_dir, env)?,
+    };
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pinpost: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(arg) => {
+            let cfg = load_config(&arg)?;
+            pinpost::telemetry::init(&cfg.log);
+            runtime()?.block_on(async move {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(signals(shutdown.clone()));
+                pinpost::run(cfg, shutdown, None).await
+            })?;
+            Ok(())
+        }
+        Command::CheckConfig(arg) => {
+            let cfg = load_config(&arg)?;
+            for c in &cfg.channels {
+                match c {
+                    pinpost::config::ChannelConfig::Smpp(s) => {
+                        let url = if s.url == "loopback" { "smpp://127.0.0.1:2775".to_owned() } else { s.url.clone() };
+                        pinpost::smpp_config(s, url)?;
+                    }
+                }
+            }
+            let what = arg.config.as_deref().map(Path::display).map(|d| d.to_string());
+            println!("{}: ok", what.unwrap_or_else(|| "embedded defaults".into()));
+            Ok(())
+        }
+        Command::Migrate(arg) => {
+            let cfg = load_config(&arg)?;
+            pinpost::telemetry::init(&cfg.log);
+            let v = pinpost::store::migrate(&cfg.storage_path()?)?;
+            println!("schema at version {v}");
+            Ok(())
+        }
+        Command::Keygen { out } => {
+            pinpost::crypto::generate_key_file(&out)?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::SmscSim(a) => {
+            pinpost::telemetry::init(&pinpost::config::LogConfig::default());
+            if !(0.0..=1.0).contains(&a.throttle) {
+                bail!("--throttle must be between 0 and 1");
+            }
+            let cfg = SimConfig {
+                listen: a.listen,
+                system_id: a.system_id,
+                password: a.password,
+                receipt_delay: a.receipt_delay,
+                receipts: !a.no_receipts,
+                record: a.record,
+                message_id_base: a.message_id_base,
+                receipt_id_base: a.receipt_id_base.unwrap_or(a.message_id_base),
+                throttle_fraction: a.throttle,
+                response_delay: a.response_delay,
+                no_answer_every: a.no_answer_every,
+                drop_after_pdus: a.drop_after,
+                refuse_binds: a.refuse_binds,
+                reject_prefix: a.reject_prefix,
+                undeliverable_prefix: a.undeliverable_prefix,
+                seed: a.seed,
+            };
+            runtime()?.block_on(async move {
+                let smsc = Smsc::bind(cfg).await.context("cannot start the loopback SMSC")?;
+                tracing::info!("loopback SMSC listening on {}", smsc.local_addr());
+                let shutdown = CancellationToken::new();
+                tokio::spawn(signals(shutdown.clone()));
+                smsc.run(shutdown).await;
+                anyhow::Ok(())
+            })
+        }
+        Command::Enqueue(a) => enqueue(a),
+        Command::Status { id, api } => {
+            let token = read_token(&api.token_file)?;
+            let url = format!("{}/v1/deliveries/{}", api.url.trim_end_matches('/'), id);
+            let resp = ureq::get(&url)
+                .header("Authorization", &format!("Bearer {token}"))
+                .config()
+                .http_status_as_error(false)
+                .build()
+                .call()
+                .with_context(|| format!("GET {url}"))?;
+            print_response(resp)
+        }
+    }
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let t = std::fs::read_to_string(path).with_context(|| format!("token file {}", path.display()))?;
+    Ok(t.trim().to_owned())
+}
+
+fn print_response(mut resp: ureq::http::Response<ureq::Body>) -> anyhow::Result<()> {
+    let status = resp.status();
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    println!("{body}");
+    if !status.is_success() {
+        bail!("HTTP {status}");
+    }
+    Ok(())
+}
+
+fn enqueue(a: EnqueueArgs) -> anyhow::Result<()> {
+    let token = read_token(&a.api.token_file)?;
+    let mut pin = zeroize::Zeroizing::new(String::new());
+    if a.pin_file == "-" {
+        std::io::stdin().read_to_string(&mut pin).context("reading the PIN from stdin")?;
+    } else {
+        *pin = std::fs::read_to_string(&a.pin_file).with_context(|| format!("PIN file {}", a.pin_file))?;
+    }
+    let pin = pin.trim();
+    let mut body = serde_json::json!({"msisdn": a.msisdn, "pin": pin});
+    if let (Some(v), Some(c)) = (&a.amount, &a.currency) {
+        body["amount"] = serde_json::json!({"value": v, "currency": c});
+    }
+    if let Some(p) = &a.payee {
+        body["payee"] = p.clone().into();
+    }
+    if let Some(e) = &a.expires_at {
+        body["expires_at"] = e.clone().into();
+    }
+    let key = a.idempotency_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let url = format!("{}/v1/deliveries", a.api.url.trim_end_matches('/'));
+    let text = zeroize::Zeroizing::new(body.to_string());
+    let resp = ureq::post(&url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .header("Idempotency-Key", &key)
+        .header("Content-Type", "application/json")
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(text.as_bytes())
+        .with_context(|| format!("POST {url}"))?;
+    print_response(resp)
+}
+
+async fn signals(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,831 @@
+//! Typed configuration: TOML file, `PINPOST__SECTION__KEY` environment overrides, embedded
+//! defaults, and a pure validation step (`pinpost check-config`).
+//!
+//! Every struct denies unknown keys; nothing is silently defaulted that changes behaviour
+//! without a documented default. Secrets come from `*_file` paths or hashes, never the
+//! config text itself (tokens are stored as SHA-256 hashes).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    pub secrets: SecretsConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub pin: PinConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default, rename = "channel")]
+    pub channels: Vec<ChannelConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_body_limit")]
+    pub max_body_bytes: usize,
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8025))
+}
+fn default_body_limit() -> usize {
+    16 * 1024
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { listen: default_listen(), max_body_bytes: default_body_limit(), tokens: vec![] }
+    }
+}
+
+/// An API client. Exactly one of `token_sha256` and `token_file` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    pub role: Role,
+    /// Hex SHA-256 of the bearer token (`printf %s "$TOKEN" | sha256sum`).
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    /// A file holding the bearer token itself (for example a systemd credential).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Enqueue deliveries and read their state.
+    Billing,
+    /// Everything.
+    Admin,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `sqlite://PATH` (relative paths are relative to the working directory).
+    #[serde(default = "default_storage_url")]
+    pub url: String,
+    #[serde(default)]
+    pub durability: Durability,
+}
+
+fn default_storage_url() -> String {
+    "sqlite://state/pinpost.db".into()
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { url: default_storage_url(), durability: Durability::Full }
+    }
+}
+
+/// When `202 Accepted` is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// After the write-ahead log is fsync'd: survives power loss.
+    #[default]
+    Full,
+    /// After the write reached the OS: survives a crash of pinpost, not of the machine.
+    Normal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// 32 random bytes as 64 hex characters: the AEAD key for PINs at rest and the key of
+    /// the keyed hashes. Create one with `pinpost keygen --out FILE`.
+    pub pin_key_file: PathBuf,
+    /// Create the key file when it is missing (the embedded default does; a production
+    /// config should not, so that a lost key is noticed instead of replaced).
+    #[serde(default)]
+    pub generate_missing: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Attempts (sends that reached a peer or failed there) before a delivery fails.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_backoff_min", with = "humantime_serde")]
+    pub retry_backoff_min: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
+    /// What to do with a send whose outcome is unknown, once `in_doubt_after` has passed
+    /// without a receipt: `resend` (the subscriber may get the PIN twice) or `fail`.
+    #[serde(default)]
+    pub in_doubt_action: InDoubtAction,
+    #[serde(default = "default_in_doubt_after", with = "humantime_serde")]
+    pub in_doubt_after: Duration,
+    /// How long to wait for a receipt after submission; then the outcome is recorded as
+    /// unknown and the delivery stops waiting.
+    #[serde(default = "default_receipt_timeout", with = "humantime_serde")]
+    pub receipt_timeout: Duration,
+    /// How long in-flight sends may take to finish on shutdown.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// UTC offset used to show expiry times in message texts, e.g. "+09:00".
+    #[serde(default = "default_utc_offset")]
+    pub utc_offset: String,
+}
+
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_backoff_min() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_in_doubt_after() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_receipt_timeout() -> Duration {
+    Duration::from_secs(48 * 3600)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_utc_offset() -> String {
+    "+00:00".into()
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            retry_backoff_min: default_backoff_min(),
+            retry_backoff_max: default_backoff_max(),
+            in_doubt_action: InDoubtAction::default(),
+            in_doubt_after: default_in_doubt_after(),
+            receipt_timeout: default_receipt_timeout(),
+            drain_timeout: default_drain_timeout(),
+            utc_offset: default_utc_offset(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InDoubtAction {
+    #[default]
+    Resend,
+    Fail,
+}
+
+/// What the API accepts as a PIN.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinConfig {
+    #[serde(default = "default_pin_min")]
+    pub min_length: usize,
+    #[serde(default = "default_pin_max")]
+    pub max_length: usize,
+}
+
+fn default_pin_min() -> usize {
+    6
+}
+fn default_pin_max() -> usize {
+    24
+}
+
+impl Default for PinConfig {
+    fn default() -> Self {
+        Self { min_length: default_pin_min(), max_length: default_pin_max() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. "info" or "info,pinpost::dispatch=debug". The SMPP codec's
+    /// PDU dump is always off: it would show message texts.
+    #[serde(default = "default_log_filter")]
+    pub filter: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+fn default_log_filter() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { filter: default_log_filter(), format: LogFormat::Text }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// One `[[channel]]`, tagged by `kind`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ChannelConfig {
+    Smpp(SmppChannelConfig),
+}
+
+impl ChannelConfig {
+    pub fn id(&self) -> &str {
+        match self {
+            ChannelConfig::Smpp(c) => &c.id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmppChannelConfig {
+    pub id: String,
+    /// `smpp://host:port`, `smpps://host:port`, or `loopback` (the built-in SMSC, started
+    /// in-process on a free loopback port).
+    pub url: String,
+    #[serde(default)]
+    pub system_id: String,
+    /// Inline password; prefer `password_file`.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub system_type: String,
+    #[serde(default)]
+    pub interface_version: InterfaceVersion,
+    /// Outstanding submit_sm at once on this bind.
+    #[serde(default = "default_window")]
+    pub window: usize,
+    /// Submits per second on this bind; absent = unlimited.
+    #[serde(default)]
+    pub max_tps: Option<u32>,
+    #[serde(default = "default_source_addr")]
+    pub source_addr: String,
+    /// Message text. Placeholders: {pin} (grouped in fours), {pin_raw}, {amount},
+    /// {payee}, {expires}. A `[...]` section is dropped when a placeholder in it is empty.
+    #[serde(default = "default_template")]
+    pub template: String,
+    /// Ask the SMSC for delivery receipts.
+    #[serde(default = "default_true")]
+    pub receipts: bool,
+    #[serde(default = "default_response_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
+    #[serde(default = "default_enquire_link", with = "humantime_serde")]
+    pub enquire_link_interval: Duration,
+}
+
+fn default_window() -> usize {
+    10
+}
+fn default_source_addr() -> String {
+    "PINPOST".into()
+}
+pub fn default_template() -> String {
+    "PIN {pin}[ for {amount}][ at {payee}][, valid until {expires}]".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_enquire_link() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InterfaceVersion {
+    V34,
+    #[default]
+    V50,
+}
+
+impl Serialize for InterfaceVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            InterfaceVersion::V34 => "3.4",
+            InterfaceVersion::V50 => "5.0",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for InterfaceVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "3.4" => Ok(InterfaceVersion::V34),
+            "5.0" => Ok(InterfaceVersion::V50),
+            other => Err(serde::de::Error::custom(format!(
+                "interface_version must be \"3.4\" or \"5.0\", not {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Human durations ("30s", "10m", "48h", "250ms").
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parse "250ms", "30s", "10m", "48h", "7d" (one number and one unit).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. \"30s\", \"10m\", \"250ms\""))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: unit must be one of ms, s, m, h, d"
+            ));
+        }
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 86_400_000 == 0 && ms > 0 {
+        format!("{}d", ms / 86_400_000)
+    } else if ms % 3_600_000 == 0 && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// A configuration problem, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(source: &str, message: impl fmt::Display) -> Self {
+        ConfigError::Invalid { key: source.to_owned(), message: message.to_string() }
+    }
+}
+
+impl Config {
+    /// The embedded defaults: SQLite and a generated key in `state_dir`, the API on
+    /// 127.0.0.1:8025 with one admin token generated into `state_dir/api.token`, and one
+    /// SMS channel bound to the built-in loopback SMSC.
+    pub fn embedded(state_dir: &Path) -> Config {
+        Config {
+            api: ApiConfig {
+                tokens: vec![TokenConfig {
+                    name: "local".into(),
+                    role: Role::Admin,
+                    token_sha256: None,
+                    token_file: Some(state_dir.join("api.token")),
+                }],
+                ..ApiConfig::default()
+            },
+            storage: StorageConfig {
+                url: format!("sqlite://{}", state_dir.join("pinpost.db").display()),
+                durability: Durability::Full,
+            },
+            secrets: SecretsConfig {
+                pin_key_file: state_dir.join("pin.key"),
+                generate_missing: true,
+            },
+            delivery: DeliveryConfig::default(),
+            pin: PinConfig::default(),
+            log: LogConfig::default(),
+            channels: vec![ChannelConfig::Smpp(SmppChannelConfig {
+                id: "sms".into(),
+                url: "loopback".into(),
+                system_id: "pinpost".into(),
+                password: Some("loopback".into()),
+                password_file: None,
+                system_type: String::new(),
+                interface_version: InterfaceVersion::V50,
+                window: 64,
+                max_tps: None,
+                source_addr: default_source_addr(),
+                template: default_template(),
+                receipts: true,
+                response_timeout: default_response_timeout(),
+                enquire_link_interval: default_enquire_link(),
+            })],
+        }
+    }
+
+    /// Load a TOML file with `PINPOST__SECTION__KEY` overrides from `env` (pass
+    /// `std::env::vars()` in `main`; tests pass their own).
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::invalid(
+                &path.display().to_string(),
+                "no such file",
+            ));
+        }
+        let figment = Figment::from(Toml::file_exact(path));
+        Self::extract(figment, env)
+    }
+
+    /// The embedded defaults with `PINPOST__SECTION__KEY` overrides.
+    pub fn load_embedded(
+        state_dir: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let figment = Figment::from(Serialized::defaults(Config::embedded(state_dir)));
+        Self::extract(figment, env)
+    }
+
+    fn extract(
+        figment: Figment,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("PINPOST__"))
+            .collect();
+        let figment = figment.merge(env_provider(&vars));
+        let config: Config = figment.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that serde cannot express. Pure: touches no file.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.api.max_body_bytes < 256 || self.api.max_body_bytes > 1 << 20 {
+            return Err(ConfigError::invalid(
+                "api.max_body_bytes",
+                "must be between 256 and 1048576",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.api.tokens.iter().enumerate() {
+            let src = format!("api.tokens[{i}]");
+            if t.name.is_empty() {
+                return Err(ConfigError::invalid(&src, "name must not be empty"));
+            }
+            if !names.insert(t.name.clone()) {
+                return Err(ConfigError::invalid(&src, format!("duplicate token name {:?}", t.name)));
+            }
+            match (&t.token_sha256, &t.token_file) {
+                (Some(h), None) => {
+                    if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(ConfigError::invalid(
+                            &format!("{src}.token_sha256"),
+                            "must be 64 hex characters (the SHA-256 of the token)",
+                        ));
+                    }
+                }
+                (None, Some(_)) => {}
+                _ => {
+                    return Err(ConfigError::invalid(
+                        &src,
+                        "set exactly one of token_sha256 and token_file",
+                    ));
+                }
+            }
+        }
+        self.storage_path()?;
+        if self.pin.min_length < 4 || self.pin.min_length > self.pin.max_length || self.pin.max_length > 64 {
+            return Err(ConfigError::invalid(
+                "pin",
+                "need 4 <= min_length <= max_length <= 64",
+            ));
+        }
+        if self.delivery.max_attempts == 0 {
+            return Err(ConfigError::invalid("delivery.max_attempts", "must be at least 1"));
+        }
+        if self.delivery.retry_backoff_min > self.delivery.retry_backoff_max {
+            return Err(ConfigError::invalid(
+                "delivery.retry_backoff_min",
+                "must not exceed retry_backoff_max",
+            ));
+        }
+        self.utc_offset()?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.filter)
+            .map_err(|e| ConfigError::invalid("log.filter", e))?;
+        if self.channels.is_empty() {
+            return Err(ConfigError::invalid("channel", "at least one [[channel]] is required"));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, ch) in self.channels.iter().enumerate() {
+            let src = format!("channel[{i}]");
+            let id = ch.id();
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(ConfigError::invalid(
+                    &format!("{src}.id"),
+                    "must be non-empty and use only letters, digits, '-' and '_'",
+                ));
+            }
+            if !ids.insert(id.to_owned()) {
+                return Err(ConfigError::invalid(&format!("{src}.id"), format!("duplicate channel id {id:?}")));
+            }
+            match ch {
+                ChannelConfig::Smpp(c) => validate_smpp(&src, c)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The SQLite database path from `storage.url`.
+    pub fn storage_path(&self) -> Result<PathBuf, ConfigError> {
+        match self.storage.url.strip_prefix("sqlite://") {
+            Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+            _ => Err(ConfigError::invalid(
+                "storage.url",
+                format!(
+                    "unsupported storage url {:?}: expected sqlite://PATH",
+                    self.storage.url
+                ),
+            )),
+        }
+    }
+
+    pub fn utc_offset(&self) -> Result<time::UtcOffset, ConfigError> {
+        parse_utc_offset(&self.delivery.utc_offset)
+            .ok_or_else(|| ConfigError::invalid("delivery.utc_offset", "expected e.g. \"+09:00\""))
+    }
+}
+
+fn validate_smpp(src: &str, c: &SmppChannelConfig) -> Result<(), ConfigError> {
+    if c.url != "loopback" {
+        let rest = c
+            .url
+            .strip_prefix("smpp://")
+            .or_else(|| c.url.strip_prefix("smpps://"))
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    &format!("{src}.url"),
+                    "must be smpp://host:port, smpps://host:port or loopback",
+                )
+            })?;
+        let port_ok = rest
+            .rsplit_once(':')
+            .map(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+            .unwrap_or(false);
+        if !port_ok {
+            return Err(ConfigError::invalid(&format!("{src}.url"), "needs host:port"));
+        }
+    }
+    if c.system_id.len() > 15 {
+        return Err(ConfigError::invalid(&format!("{src}.system_id"), "at most 15 characters"));
+    }
+    if c.password.is_some() && c.password_file.is_some() {
+        return Err(ConfigError::invalid(
+            &format!("{src}.password"),
+            "set password or password_file, not both",
+        ));
+    }
+    if c.window == 0 || c.window > 10_000 {
+        return Err(ConfigError::invalid(&format!("{src}.window"), "must be 1..=10000"));
+    }
+    if c.max_tps == Some(0) {
+        return Err(ConfigError::invalid(&format!("{src}.max_tps"), "must be at least 1 (omit it for no limit)"));
+    }
+    if c.source_addr.is_empty() || c.source_addr.len() > 20 {
+        return Err(ConfigError::invalid(&format!("{src}.source_addr"), "1 to 20 characters"));
+    }
+    crate::template::Template::parse(&c.template)
+        .map_err(|e| ConfigError::invalid(&format!("{src}.template"), e))?;
+    Ok(())
+}
+
+fn parse_utc_offset(s: &str) -> Option<time::UtcOffset> {
+    let (sign, rest) = match s.as_bytes().first()? {
+        b'+' => (1i8, &s[1..]),
+        b'-' => (-1i8, &s[1..]),
+        _ => return None,
+    };
+    let (h, m) = rest.split_once(':')?;
+    let h: i8 = h.parse().ok()?;
+    let m: i8 = m.parse().ok()?;
+    time::UtcOffset::from_hms(sign * h, sign * m, 0).ok()
+}
+
+/// `PINPOST__A__B=value` becomes `a.b = value`, the value read as TOML when it parses as
+/// a TOML value (numbers, booleans, quoted strings, arrays) and as a plain string otherwise.
+fn env_provider(vars: &[(String, String)]) -> Serialized<figment::value::Dict> {
+    use figment::value::{Dict, Value};
+    let mut root = Dict::new();
+    for (k, v) in vars {
+        let path: Vec<String> = k["PINPOST__".len()..]
+            .split("__")
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        let value: Value = toml_value(v);
+        insert_path(&mut root, &path, value);
+    }
+    fn insert_path(dict: &mut Dict, path: &[String], value: Value) {
+        match path {
+            [] => {}
+            [last] => {
+                dict.insert(last.clone(), value);
+            }
+            [first, rest @ ..] => {
+                let entry = dict
+                    .entry(first.clone())
+                    .or_insert_with(|| Value::from(Dict::new()));
+                if let Value::Dict(_, inner) = entry {
+                    insert_path(inner, rest, value);
+                }
+            }
+        }
+    }
+    Serialized::defaults(root)
+}
+
+fn toml_value(raw: &str) -> figment::value::Value {
+    #[derive(Deserialize)]
+    struct Wrap {
+        v: figment::value::Value,
+    }
+    let doc = format!("v = {raw}");
+    match Figment::from(Toml::string(&doc)).extract::<Wrap>() {
+        Ok(w) => w.v,
+        Err(_) => figment::value::Value::from(raw.to_owned()),
+    }
+}
+
+impl FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(Durability::Full),
+            "normal" => Ok(Durability::Normal),
+            _ => Err(format!("durability must be \"full\" or \"normal\", not {s:?}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(p: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+    }
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const MINIMAL: &str = r#"
+[secrets]
+pin_key_file = "k"
+[[channel]]
+id = "sms"
+kind = "smpp"
+url = "loopback"
+"#;
+
+    #[test]
+    fn reference_config_parses() {
+        let c = Config::load(&repo("config/pinpost.toml"), Vec::new()).unwrap();
+        assert_eq!(c.channels.len(), 1);
+        assert_eq!(c.delivery.utc_offset, "+09:00");
+        assert_eq!(c.api.tokens.len(), 2);
+        let ChannelConfig::Smpp(s) = &c.channels[0];
+        assert_eq!(s.interface_version, InterfaceVersion::V34);
+        assert_eq!(s.max_tps, Some(50));
+    }
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let c = Config::load_embedded(Path::new("state"), Vec::new()).unwrap();
+        assert_eq!(c.api.listen, default_listen());
+        assert_eq!(c.storage.durability, Durability::Full);
+        assert!(c.secrets.generate_missing);
+        let ChannelConfig::Smpp(s) = &c.channels[0];
+        assert_eq!(s.url, "loopback");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), &format!("{MINIMAL}\n[api]\nlisten = \"127.0.0.1:1\"\nlistn = 1\n"));
+        let e = Config::load(&p, Vec::new()).unwrap_err().to_string();
+        assert!(e.contains("listn"), "{e}");
+        assert!(e.contains("c.toml"), "{e}");
+        let p = write(dir.path(), &MINIMAL.replace("url = \"loopback\"", "url = \"loopback\"\nwindw = 3"));
+        let e = Config::load(&p, Vec::new()).unwrap_err().to_string();
+        assert!(e.contains("windw"), "{e}");
+        let p = write(dir.path(), &MINIMAL.replace("kind = \"smpp\"", "kind = \"pigeon\""));
+        let e = Config::load(&p, Vec::new()).unwrap_err().to_string();
+        assert!(e.contains("pigeon"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (edit, key) in [
+            ("[delivery]\nretry_backoff_min = \"2 parsecs\"", "retry_backoff_min"),
+            ("[storage]\nurl = \"mysql://x\"", "storage.url"),
+            ("[storage]\ndurability = \"maybe\"", "durability"),
+            ("[delivery]\nutc_offset = \"JST\"", "utc_offset"),
+            ("[pin]\nmin_length = 2", "pin"),
+            ("[[api.tokens]]\nname = \"a\"\nrole = \"billing\"", "api.tokens[0]"),
+            ("[[api.tokens]]\nname = \"a\"\nrole = \"root\"\ntoken_file = \"x\"", "root"),
+        ] {
+            let p = write(dir.path(), &format!("{MINIMAL}\n{edit}\n"));
+            let e = Config::load(&p, Vec::new()).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        for (edit, key) in [
+            ("url = \"http://x:1\"", "channel[0].url"),
+            ("url = \"loopback\"\ntemplate = \"no pin\"", "channel[0].template"),
+            ("url = \"loopback\"\nwindow = 0", "channel[0].window"),
+            ("url = \"loopback\"\ninterface_version = \"4.0\"", "interface_version"),
+        ] {
+            let p = write(dir.path(), &MINIMAL.replace("url = \"loopback\"", edit));
+            let e = Config::load(&p, Vec::new()).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        let e = Config::load(Path::new("/nonexistent/p.toml"), Vec::new()).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/p.toml"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), MINIMAL);
+        let env = vec![
+            ("PINPOST__API__LISTEN".to_owned(), "127.0.0.1:9999".to_owned()),
+            ("PINPOST__STORAGE__DURABILITY".to_owned(), "normal".to_owned()),
+            ("PINPOST__DELIVERY__MAX_ATTEMPTS".to_owned(), "9".to_owned()),
+            ("PINPOST_IGNORED".to_owned(), "x".to_owned()),
+        ];
+        let c = Config::load(&p, env).unwrap();
+        assert_eq!(c.api.listen.port(), 9999);
+        assert_eq!(c.storage.durability, Durability::Normal);
+        assert_eq!(c.delivery.max_attempts, 9);
+        let bad = vec![("PINPOST__API__LISTN".to_owned(), "x".to_owned())];
+        let e = Config::load(&p, bad).unwrap_err().to_string();
+        assert!(e.contains("listn"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("48h").unwrap(), Duration::from_secs(48 * 3600));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("s").is_err());
+        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    }
+}

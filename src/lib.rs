@@ -1,0 +1,284 @@
+//! pinpost: a carrier-side daemon that delivers payment PINs to the devices subscribers
+//! registered, keyed by phone number.
+//!
+//! Layout:
+//! - [`config`]: typed TOML config, env overrides, validation (`pinpost check-config`).
+//! - [`api`]: the HTTP API (axum).
+//! - [`store`]: SQLite storage with a group-committing writer thread.
+//! - [`dispatch`]: per-channel dispatchers, receipts, time-driven transitions.
+//! - [`crypto`]: the PIN key, AEAD at rest, keyed fingerprints.
+//! - [`template`]: message texts.
+//! - [`telemetry`]: logging.
+//! - [`run`]: the daemon, wired from a [`config::Config`] and a shutdown token.
+
+pub mod api;
+pub mod config;
+pub mod crypto;
+pub mod dispatch;
+pub mod store;
+pub mod telemetry;
+pub mod template;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pinpost_channel_core::{Channel, ChannelId, ReceiptSink, SecretString};
+use pinpost_smpp::client::{SmppChannel, SmppConfig};
+use pinpost_smpp::sim::{SimConfig, Smsc};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ChannelConfig, Config, InterfaceVersion};
+use crate::crypto::Keys;
+use crate::store::Store;
+
+/// The channels of a running daemon by id.
+pub type Channels = BTreeMap<String, Arc<dyn Channel>>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Key(#[from] crypto::KeyError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("token {name}: {message}")]
+    Token { name: String, message: String },
+    #[error("channel {id}: {message}")]
+    Channel { id: String, message: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Load the API clients, creating missing token files when the config allows it.
+pub fn load_clients(config: &Config) -> Result<Vec<api::Client>, RunError> {
+    let mut out = Vec::new();
+    for t in &config.api.tokens {
+        let err = |message: String| RunError::Token { name: t.name.clone(), message };
+        let digest: [u8; 32] = match (&t.token_sha256, &t.token_file) {
+            (Some(h), _) => {
+                let mut d = [0u8; 32];
+                hex::decode_to_slice(h, &mut d).map_err(|_| err("token_sha256 is not 64 hex characters".into()))?;
+                d
+            }
+            (None, Some(path)) => {
+                if !path.exists() && config.secrets.generate_missing {
+                    write_new_token(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+                    tracing::info!(token = %t.name, file = %path.display(), "generated an API token");
+                }
+                let text = zeroize::Zeroizing::new(
+                    std::fs::read_to_string(path).map_err(|e| err(format!("{}: {e}", path.display())))?,
+                );
+                let token = text.trim();
+                if token.len() < 16 {
+                    return Err(err(format!("{}: a token needs at least 16 characters", path.display())));
+                }
+                Sha256::digest(token.as_bytes()).into()
+            }
+            (None, None) => return Err(err("no token_sha256 or token_file".into())),
+        };
+        out.push(api::Client { name: t.name.clone(), role: t.role, token_sha256: digest });
+    }
+    Ok(out)
+}
+
+fn write_new_token(path: &Path) -> std::io::Result<()> {
+    use rand::RngCore;
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut raw = [0u8; 24];
+    rand::rng().fill_bytes(&mut raw);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    writeln!(f, "{}", hex::encode(raw))?;
+    f.sync_all()
+}
+
+fn read_secret_file(path: &Path) -> std::io::Result<SecretString> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(SecretString::from(text.trim_end_matches(['\r', '\n']).to_owned()))
+}
+
+/// Build the driver configuration of an SMPP channel (without starting anything).
+pub fn smpp_config(c: &config::SmppChannelConfig, url: String) -> Result<SmppConfig, RunError> {
+    let err = |message: String| RunError::Channel { id: c.id.clone(), message };
+    let password = match (&c.password, &c.password_file) {
+        (Some(p), None) => SecretString::from(p.clone()),
+        (None, Some(f)) => read_secret_file(f).map_err(|e| err(format!("password_file {}: {e}", f.display())))?,
+        (None, None) => SecretString::from(String::new()),
+        (Some(_), Some(_)) => return Err(err("set password or password_file, not both".into())),
+    };
+    let mut sc = SmppConfig::new(ChannelId::new(&c.id), url, &c.system_id, password, &c.source_addr);
+    sc.system_type = c.system_type.clone();
+    sc.interface_version = match c.interface_version {
+        InterfaceVersion::V34 => pinpost_smpp::client::InterfaceVersion::V34,
+        InterfaceVersion::V50 => pinpost_smpp::client::InterfaceVersion::V50,
+    };
+    sc.window = c.window;
+    sc.max_tps = c.max_tps;
+    sc.request_receipts = c.receipts;
+    sc.response_timeout = c.response_timeout;
+    sc.enquire_link_interval = c.enquire_link_interval;
+    sc.validate().map_err(|e| err(e.to_string()))?;
+    Ok(sc)
+}
+
+/// Build every configured channel: one exhaustive match per kind.
+async fn build_channel(
+    cfg: &ChannelConfig,
+    receipts: ReceiptSink,
+    background: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(Arc<dyn Channel>, template::Template), RunError> {
+    match cfg {
+        ChannelConfig::Smpp(c) => {
+            let err = |message: String| RunError::Channel { id: c.id.clone(), message };
+            let template = template::Template::parse(&c.template).map_err(err)?;
+            let url = if c.url == "loopback" {
+                let sim = SimConfig {
+                    listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                    system_id: Some(c.system_id.clone()),
+                    password: c.password.clone(),
+                    ..SimConfig::default()
+                };
+                let smsc = Smsc::bind(sim).await.map_err(|e| err(format!("loopback SMSC: {e}")))?;
+                let addr = smsc.local_addr();
+                tracing::info!(channel = %c.id, %addr, "built-in loopback SMSC listening");
+                let token = shutdown.clone();
+                background.spawn(async move { smsc.run(token).await });
+                format!("smpp://{addr}")
+            } else {
+                c.url.clone()
+            };
+            let sc = smpp_config(c, url)?;
+            let ch = SmppChannel::start(sc, receipts);
+            Ok((Arc::new(ch) as Arc<dyn Channel>, template))
+        }
+    }
+}
+
+/// Run the daemon until `shutdown` is cancelled, then drain. `bound` receives the API
+/// address once it listens and every channel was started.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    bound: Option<oneshot::Sender<SocketAddr>>,
+) -> Result<(), RunError> {
+    config.validate()?;
+    let keys = Keys::load(&config.secrets.pin_key_file, config.secrets.generate_missing)?;
+    let clients = load_clients(&config)?;
+    let db_path = config.storage_path()?;
+    let store = Store::open(&db_path, config.storage.durability)?;
+    let in_doubt = store.recover(now_ms(), config.delivery.in_doubt_after.as_millis() as i64).await?;
+    if in_doubt > 0 {
+        tracing::warn!(count = in_doubt, "deliveries were in flight when pinpost last stopped; now in doubt");
+    }
+
+    let (receipt_tx, receipt_rx) = mpsc::channel(64 * 1024);
+    let background = TaskTracker::new();
+    let sim_stop = CancellationToken::new();
+    let mut channels: Channels = BTreeMap::new();
+    let mut routes = Vec::new();
+    for c in &config.channels {
+        let (ch, template) = build_channel(c, receipt_tx.clone(), &background, &sim_stop).await?;
+        channels.insert(c.id().to_owned(), ch.clone());
+        routes.push(Arc::new(dispatch::Route { channel: ch, template }));
+    }
+    drop(receipt_tx);
+    let channels = Arc::new(channels);
+    let default_channel = config.channels[0].id().to_owned();
+
+    let state = Arc::new(api::ApiState {
+        store: store.clone(),
+        keys: keys.clone(),
+        clients,
+        channels: channels.clone(),
+        default_channel,
+        max_body_bytes: config.api.max_body_bytes,
+        pin_min: config.pin.min_length,
+        pin_max: config.pin.max_length,
+    });
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .map_err(|source| RunError::Listen { addr: config.api.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| RunError::Listen { addr: config.api.listen, source })?;
+    tracing::info!("listening on http://{addr}");
+
+    let http_stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        let app = api::router(state);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await
+    });
+
+    let ctx = dispatch::Ctx {
+        store: store.clone(),
+        keys,
+        delivery: config.delivery.clone(),
+        utc_offset: config.utc_offset()?,
+    };
+    let sends = TaskTracker::new();
+    let mut dispatchers = Vec::new();
+    for route in routes {
+        dispatchers.push(tokio::spawn(dispatch::run_channel(ctx.clone(), route, shutdown.clone(), sends.clone())));
+    }
+    let receipts_task = tokio::spawn(dispatch::run_receipts(store.clone(), receipt_rx));
+    let maintenance = tokio::spawn(dispatch::run_maintenance(
+        store.clone(),
+        config.delivery.clone(),
+        Duration::from_millis(500),
+        shutdown.clone(),
+    ));
+    if let Some(tx) = bound {
+        let _ = tx.send(addr);
+    }
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: no new deliveries are claimed; draining in-flight sends");
+    for d in dispatchers {
+        let _ = d.await;
+    }
+    sends.close();
+    if tokio::time::timeout(config.delivery.drain_timeout, sends.wait()).await.is_err() {
+        tracing::warn!("drain timeout: sends still in flight are left in doubt for the next start");
+    }
+    let _ = maintenance.await;
+    // Give receipts already on the way a moment to land before unbinding.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for ch in channels.values() {
+        ch.shutdown().await;
+    }
+    sim_stop.cancel();
+    background.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), background.wait()).await;
+    receipts_task.abort();
+    let _ = store.flush().await;
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server error"),
+        Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

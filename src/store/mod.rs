@@ -1,0 +1,308 @@
+//! Durable delivery storage on SQLite (WAL).
+//!
+//! Layout:
+//! - [`model`]: the delivery state enum and the rows the rest of the daemon sees.
+//! - [`writer`]: one OS thread owns the write connection and applies operations in
+//!   batches, one transaction (one fsync) per batch: group commit. An enqueue is answered
+//!   only after the commit that holds it, so `202` means "on disk".
+//! - [`refs`]: normalisation of provider references for receipt correlation.
+//! - this file: the [`Store`] handle, migrations and the read side (a small pool of
+//!   read-only connections; WAL lets them read while the writer commits).
+
+pub mod model;
+pub mod refs;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::config::Durability;
+pub use model::*;
+use writer::Op;
+
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_deliveries",
+    include_str!("../../migrations/sqlite/0001_deliveries.sql"),
+)];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("storage {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("the storage writer has stopped")]
+    Closed,
+    #[error("the storage schema is version {found}, newer than this pinpost ({known})")]
+    TooNew { found: i64, known: i64 },
+}
+
+/// Cheap handle on the database.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: mpsc::Sender<Op>,
+    path: PathBuf,
+    readers: Mutex<Vec<Connection>>,
+    wake: Arc<Wakers>,
+}
+
+/// One [`Notify`] per channel, poked after a commit that made work due on it.
+#[derive(Default)]
+pub struct Wakers {
+    map: Mutex<std::collections::HashMap<String, Arc<Notify>>>,
+}
+
+impl Wakers {
+    pub fn get(&self, channel: &str) -> Arc<Notify> {
+        let mut m = self.map.lock().expect("wakers lock");
+        m.entry(channel.to_owned()).or_default().clone()
+    }
+    fn poke(&self, channel: &str) {
+        let m = self.map.lock().expect("wakers lock");
+        if let Some(n) = m.get(channel) {
+            n.notify_one();
+        }
+    }
+}
+
+fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::Open {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+/// Apply pending migrations. Returns the schema version.
+pub fn migrate(path: &Path) -> Result<i64, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            path: dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+    }
+    let mut conn = open_conn(path, false)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::TooNew { found: version, known });
+    }
+    for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            message: format!("migration {name}: {e}"),
+        })?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(migration = name, "applied migration");
+    }
+    Ok(known)
+}
+
+impl Store {
+    /// Migrate, then start the writer thread.
+    pub fn open(path: &Path, durability: Durability) -> Result<Store, StoreError> {
+        migrate(path)?;
+        let conn = open_conn(path, false)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match durability {
+                Durability::Full => "FULL",
+                Durability::Normal => "NORMAL",
+            },
+        )?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.pragma_update(None, "cache_size", -8192)?;
+        let wake = Arc::new(Wakers::default());
+        let (tx, rx) = mpsc::channel(16 * 1024);
+        let w = writer::Writer::new(conn, wake.clone())?;
+        std::thread::Builder::new()
+            .name("pinpost-db-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| StoreError::Open { path: path.display().to_string(), message: e.to_string() })?;
+        Ok(Store {
+            inner: Arc::new(Inner { tx, path: path.to_owned(), readers: Mutex::new(Vec::new()), wake }),
+        })
+    }
+
+    pub fn wakers(&self) -> Arc<Wakers> {
+        self.inner.wake.clone()
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.tx.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Store a new delivery with its idempotency record; answers after the commit.
+    pub async fn enqueue(&self, new: NewDelivery) -> Result<EnqueueOutcome, StoreError> {
+        self.call(|reply| Op::Enqueue { new: Box::new(new), reply }).await?
+    }
+
+    /// Mark up to `limit` due deliveries of `channel` as sending and return them.
+    pub async fn claim(&self, channel: &str, limit: usize, now: i64) -> Result<Vec<Claimed>, StoreError> {
+        self.call(|reply| Op::Claim { channel: channel.to_owned(), limit, now, reply }).await?
+    }
+
+    /// Record how a send ended (fire and forget; ordered with everything else).
+    pub async fn finish(&self, f: Finish) -> Result<(), StoreError> {
+        self.inner.tx.send(Op::Finish(Box::new(f))).await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Apply a receipt (fire and forget).
+    pub async fn receipt(&self, r: ReceiptIn) -> Result<(), StoreError> {
+        self.inner.tx.send(Op::Receipt(Box::new(r))).await.map_err(|_| StoreError::Closed)
+    }
+
+    pub async fn cancel(&self, id: &str, now: i64) -> Result<CancelOutcome, StoreError> {
+        self.call(|reply| Op::Cancel { id: id.to_owned(), now, reply }).await?
+    }
+
+    /// Time-driven transitions: expiry, in-doubt reconciliation, receipt timeouts.
+    pub async fn sweep(&self, s: SweepParams) -> Result<SweepReport, StoreError> {
+        self.call(|reply| Op::Sweep { params: s, reply }).await?
+    }
+
+    /// After a restart: deliveries left `sending` by a dead process are in doubt.
+    pub async fn recover(&self, now: i64, in_doubt_after_ms: i64) -> Result<usize, StoreError> {
+        self.call(|reply| Op::Recover { now, in_doubt_after_ms, reply }).await?
+    }
+
+    /// Return claimed but unsent deliveries to the queue (on shutdown).
+    pub async fn release(&self, ids: Vec<String>, now: i64) -> Result<(), StoreError> {
+        self.call(|reply| Op::Release { ids, now, reply }).await?
+    }
+
+    /// Wait until everything sent to the writer before this call is committed.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.call(|reply| Op::Flush { reply }).await
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.readers.lock().expect("reader pool").pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open_conn(&inner.path, true)?,
+            };
+            let out = f(&conn);
+            let mut pool = inner.readers.lock().expect("reader pool");
+            if pool.len() < 4 {
+                pool.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<DeliveryView>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| read_delivery(c, &id)).await
+    }
+
+    /// The earliest `next_attempt_at` of work waiting on `channel`.
+    pub async fn next_due(&self, channel: &str) -> Result<Option<i64>, StoreError> {
+        let channel = channel.to_owned();
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT min(next_attempt_at) FROM deliveries
+                 WHERE channel = ?1 AND state IN ('queued', 'retry_wait')",
+                params![channel],
+                |r| r.get::<_, Option<i64>>(0),
+            )?)
+        })
+        .await
+    }
+
+    /// Counts per state (for tests, tools and readiness).
+    pub async fn counts(&self) -> Result<Vec<(State, i64)>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT state, count(*) FROM deliveries GROUP BY state")?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (s, n) = row?;
+                if let Some(s) = State::parse(&s) {
+                    out.push((s, n));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn read_delivery(c: &Connection, id: &str) -> Result<Option<DeliveryView>, StoreError> {
+    let mut st = c.prepare_cached(
+        "SELECT id, msisdn, channel, state, amount_value, amount_currency, payee, expires_at,
+                attempts, last_error, final, created_at, updated_at, client
+         FROM deliveries WHERE id = ?1",
+    )?;
+    let d = st
+        .query_row(params![id], |r| {
+            Ok(DeliveryView {
+                id: r.get(0)?,
+                msisdn: r.get(1)?,
+                channel: r.get(2)?,
+                state: State::parse(&r.get::<_, String>(3)?).unwrap_or(State::Failed),
+                amount_value: r.get(4)?,
+                amount_currency: r.get(5)?,
+                payee: r.get(6)?,
+                expires_at: r.get(7)?,
+                attempt_count: r.get(8)?,
+                last_error: r.get(9)?,
+                is_final: r.get::<_, i64>(10)? != 0,
+                created_at: r.get(11)?,
+                updated_at: r.get(12)?,
+                client: r.get(13)?,
+                attempts: Vec::new(),
+            })
+        })
+        .optional()?;
+    let Some(mut d) = d else { return Ok(None) };
+    let mut st = c.prepare_cached(
+        "SELECT seq, channel, started_at, finished_at, outcome, provider_ref, error
+         FROM attempts WHERE delivery_id = ?1 ORDER BY seq",
+    )?;
+    let rows = st.query_map(params![id], |r| {
+        Ok(AttemptView {
+            seq: r.get(0)?,
+            channel: r.get(1)?,
+            started_at: r.get(2)?,
+            finished_at: r.get(3)?,
+            outcome: r.get(4)?,
+            provider_ref: r.get(5)?,
+            error: r.get(6)?,
+        })
+    })?;
+    for a in rows {
+        d.attempts.push(a?);
+    }
+    Ok(Some(d))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+use pinpost_channel_core::ReceiptStatus;
+
+use super::*;
+
+fn new(id: &str, key: &str, fp: u8, now: i64) -> NewDelivery {
+    NewDelivery {
+        id: id.into(),
+        msisdn: "+819012345678".into(),
+        channel: "sms".into(),
+        pin_ct: vec![1, 2, 3],
+        amount_value: Some("3000".into()),
+        amount_currency: Some("JPY".into()),
+        payee: None,
+        expires_at: None,
+        now,
+        client: "billing".into(),
+        idempotency_key: key.into(),
+        fingerprint: [fp; 32],
+    }
+}
+
+async fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.db"), Durability::Full).unwrap();
+    (dir, store)
+}
+
+fn submitted(id: &str, refs: &[&str], now: i64) -> Finish {
+    Finish {
+        id: id.into(),
+        channel: "sms".into(),
+        started_at: now,
+        finished_at: now,
+        result: FinishResult::Submitted {
+            refs: refs.iter().map(|s| s.to_string()).collect(),
+            receipt_due: Some(now + 60_000),
+        },
+    }
+}
+
+fn receipt(r: &str, status: ReceiptStatus, at: i64) -> ReceiptIn {
+    ReceiptIn { channel: "sms".into(), provider_ref: r.into(), status, error_code: None, at }
+}
+
+async fn state(s: &Store, id: &str) -> State {
+    s.get(id).await.unwrap().unwrap().state
+}
+
+#[tokio::test]
+async fn idempotent_enqueue() {
+    let (_d, s) = open().await;
+    assert_eq!(s.enqueue(new("a", "k1", 1, 10)).await.unwrap(), EnqueueOutcome::Created { id: "a".into() });
+    assert_eq!(s.enqueue(new("b", "k1", 1, 11)).await.unwrap(), EnqueueOutcome::Replay { id: "a".into() });
+    assert_eq!(s.enqueue(new("c", "k1", 2, 12)).await.unwrap(), EnqueueOutcome::Conflict);
+    let mut other_client = new("d", "k1", 2, 13);
+    other_client.client = "other".into();
+    assert_eq!(s.enqueue(other_client).await.unwrap(), EnqueueOutcome::Created { id: "d".into() });
+    assert!(s.get("b").await.unwrap().is_none(), "a replay stores nothing");
+}
+
+#[tokio::test]
+async fn claim_submit_and_receipt_in_another_base() {
+    let (_d, s) = open().await;
+    s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
+    s.enqueue(new("b", "k2", 1, 10)).await.unwrap();
+    let c = s.claim("sms", 10, 20).await.unwrap();
+    assert_eq!(c.len(), 2);
+    assert!(s.claim("sms", 10, 20).await.unwrap().is_empty(), "claimed once");
+    assert_eq!(state(&s, "a").await, State::Sending);
+    // hex in the response, decimal in the receipt
+    s.finish(submitted("a", &["1A2B"], 30)).await.unwrap();
+    // decimal in the response, hex with leading zeros in the receipt
+    s.finish(submitted("b", &["6700"], 30)).await.unwrap();
+    s.receipt(receipt("6699", ReceiptStatus::Delivered, 40)).await.unwrap();
+    s.receipt(receipt("00001A2C", ReceiptStatus::Undeliverable, 40)).await.unwrap();
+    s.flush().await.unwrap();
+    let a = s.get("a").await.unwrap().unwrap();
+    assert_eq!(a.state, State::Delivered);
+    assert_eq!(a.attempts[0].outcome, "delivered");
+    assert_eq!(a.attempts[0].provider_ref.as_deref(), Some("1A2B"));
+    let b = s.get("b").await.unwrap().unwrap();
+    assert_eq!(b.state, State::Failed);
+    assert_eq!(b.attempts[0].outcome, "undeliverable");
+}
+
+#[tokio::test]
+async fn multipart_needs_every_part() {
+    let (_d, s) = open().await;
+    s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
+    s.claim("sms", 10, 20).await.unwrap();
+    s.finish(submitted("a", &["p1", "p2"], 30)).await.unwrap();
+    s.receipt(receipt("p1", ReceiptStatus::Delivered, 40)).await.unwrap();
+    s.flush().await.unwrap();
+    assert_eq!(state(&s, "a").await, State::Submitted);
+    s.receipt(receipt("P2", ReceiptStatus::Delivered, 41)).await.unwrap();
+    s.flush().await.unwrap();
+    assert_eq!(state(&s, "a").await, State::Delivered);
+}
+
+#[tokio::test]
+async fn receipt_before_submit_response_is_kept() {
+    let (_d, s) = open().await;
+    s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
+    s.claim("sms", 10, 20).await.unwrap();
+    s.receipt(receipt("ff", ReceiptStatus::Delivered, 25)).await.unwrap();
+    s.flush().await.unwrap();
+    assert_eq!(state(&s, "a").await, State::Sending);
+    s.finish(submitted("a", &["255"], 30)).await.unwrap();
+    s.flush().await.unwrap();
+    assert_eq!(state(&s, "a").await, State::Delivered);
+}
+
+#[tokio::test]
+async fn cancel_only_before_submission() {
+    let (_d, s) = open().await;
+    s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
+    s.enqueue(new("b", "k2", 1, 10)).await.unwrap();
+    assert_eq!(s.cancel("a", 11).await.unwrap(), CancelOutcome::Cancelled);
+    assert_eq!(s.cancel("a", 12).await.unwrap(), CancelOutcome::Conflict(State::Cancelled));
+    assert_eq!(s.cancel("zz", 12).await.unwrap(), CancelOutcome::NotFound);
+    let c = s.claim("sms", 10, 20).await.unwrap();
+    assert_eq!(c.len(), 1, "a cancelled delivery is never claimed");
+    assert_eq!(s.cancel("b", 21).await.unwrap(), CancelOutcome::Conflict(State::Sending));
+}
+
+#[tokio::test]
+async fn sweep_expires_reconciles_and_times_out() {
+    let (_d, s) = open().await;
+    let mut e = new("exp", "k1", 1, 10);
+    e.expires_at = Some(100);
+    s.enqueue(e).await.unwrap();
+    s.enqueue(new("doubt", "k2", 1, 10)).await.unwrap();
+    s.enqueue(new("quiet", "k3", 1, 10)).await.unwrap();
+    // Claim at 50: "exp" is not due for expiry yet, but only claim two.
+    let claimed = s.claim("sms", 3, 50).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    s.release(vec!["exp".into()], 50).await.unwrap();
+    s.finish(Finish {
+        id: "doubt".into(),
+        channel: "sms".into(),
+        started_at: 50,
+        finished_at: 60,
+        result: FinishResult::Attempted {
+            outcome: AttemptOutcome::InDoubt,
+            error: "no response".into(),
+            next: State::InDoubt,
+            next_attempt_at: 500,
+        },
+    })
+    .await
+    .unwrap();
+    let mut quiet = submitted("quiet", &["q1"], 60);
+    quiet.result = FinishResult::Submitted { refs: vec!["q1".into()], receipt_due: Some(400) };
+    s.finish(quiet).await.unwrap();
+    let p = SweepParams { now: 450, in_doubt_resend: true, max_attempts: 5 };
+    let r = s.sweep(p).await.unwrap();
+    assert_eq!((r.expired, r.in_doubt_resent, r.receipts_timed_out), (1, 0, 1));
+    assert_eq!(state(&s, "exp").await, State::Expired);
+    let q = s.get("quiet").await.unwrap().unwrap();
+    assert_eq!(q.state, State::Submitted);
+    assert!(q.is_final);
+    assert_eq!(q.attempts[0].outcome, "unknown");
+    let r = s.sweep(SweepParams { now: 600, ..p }).await.unwrap();
+    assert_eq!(r.in_doubt_resent, 1);
+    assert_eq!(state(&s, "doubt").await, State::Queued);
+    let again = s.claim("sms", 10, 700).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 1, "the in-doubt send counted as an attempt");
+}
+
+#[tokio::test]
+async fn restart_puts_sending_in_doubt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    {
+        let s = Store::open(&path, Durability::Full).unwrap();
+        s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
+        s.claim("sms", 10, 20).await.unwrap();
+    }
+    let s = Store::open(&path, Durability::Full).unwrap();
+    assert_eq!(s.recover(30, 1000).await.unwrap(), 1);
+    let d = s.get("a").await.unwrap().unwrap();
+    assert_eq!(d.state, State::InDoubt);
+    assert_eq!(d.attempts[0].outcome, "in_doubt");
+}
+
+#[tokio::test]
+async fn pin_ciphertext_is_wiped_when_final() {
+    let (dir, s) = open().await;
+    s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
+    s.claim("sms", 10, 20).await.unwrap();
+    s.finish(submitted("a", &["r1"], 30)).await.unwrap();
+    s.receipt(receipt("r1", ReceiptStatus::Delivered, 40)).await.unwrap();
+    s.flush().await.unwrap();
+    let conn = Connection::open(dir.path().join("t.db")).unwrap();
+    let ct: Option<Vec<u8>> = conn.query_row("SELECT pin_ct FROM deliveries WHERE id = 'a'", [], |r| r.get(0)).unwrap();
+    assert!(ct.is_none());
+}
+
+#[test]
+fn state_check_constraint_rejects_free_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    migrate(&path).unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let r = conn.execute(
+        "INSERT INTO deliveries (id, client, msisdn, channel, state, next_attempt_at, created_at, updated_at)
+         VALUES ('x', 'c', '+1', 'sms', 'lost', 0, 0, 0)",
+        [],
+    );
+    assert!(r.is_err());
+    for s in State::ALL {
+        assert_eq!(State::parse(s.as_str()), Some(s));
+    }
+}

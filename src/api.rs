@@ -39,7 +39,10 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("name", &self.name).field("role", &self.role).finish()
+        f.debug_struct("Client")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish()
     }
 }
 
@@ -57,10 +60,15 @@ pub struct ApiState {
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/deliveries", axum::routing::post(create_delivery))
-        .route("/v1/deliveries/{id}", get(get_delivery).delete(cancel_delivery))
+        .route(
+            "/v1/deliveries/{id}",
+            get(get_delivery).delete(cancel_delivery),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -76,14 +84,26 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retry_after: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
     }
     fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
     }
     fn unavailable(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "storage unavailable");
-        Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "storage is unavailable; retry with the same Idempotency-Key") }
+        Self {
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "storage is unavailable; retry with the same Idempotency-Key",
+            )
+        }
     }
 }
 
@@ -100,11 +120,17 @@ impl IntoResponse for ApiError {
 
 fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<Client, ApiError> {
     let unauthorized = || {
-        let mut e = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required");
+        let mut e = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        );
         e.retry_after = None;
         e
     };
-    let value = headers.get(header::AUTHORIZATION).ok_or_else(unauthorized)?;
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(unauthorized)?;
     let value = value.to_str().map_err(|_| unauthorized())?;
     let token = value
         .strip_prefix("Bearer ")
@@ -118,7 +144,11 @@ fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<Client, ApiErro
     let mut found = None;
     for c in &state.clients {
         // Compare every byte of every candidate: no early exit on the first difference.
-        let diff = c.token_sha256.iter().zip(digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let diff = c
+            .token_sha256
+            .iter()
+            .zip(digest.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if diff == 0 {
             found = Some(c.clone());
         }
@@ -153,9 +183,11 @@ fn describe_json_error(e: &serde_json::Error) -> ApiError {
     use serde_json::error::Category;
     let at = format!("line {}, column {}", e.line(), e.column());
     match e.classify() {
-        Category::Syntax | Category::Eof | Category::Io => {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON ({at})"))
-        }
+        Category::Syntax | Category::Eof | Category::Io => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON ({at})"),
+        ),
         Category::Data => {
             let text = e.to_string();
             if let Some(rest) = text.strip_prefix("missing field `") {
@@ -165,7 +197,9 @@ fn describe_json_error(e: &serde_json::Error) -> ApiError {
                 }
             }
             if text.starts_with("unknown field") {
-                return ApiError::invalid(format!("unknown field ({at}); allowed: {DELIVERY_FIELDS}"));
+                return ApiError::invalid(format!(
+                    "unknown field ({at}); allowed: {DELIVERY_FIELDS}"
+                ));
             }
             ApiError::invalid(format!(
                 "a field has the wrong type or value ({at}); fields: {DELIVERY_FIELDS}, all strings"
@@ -176,7 +210,9 @@ fn describe_json_error(e: &serde_json::Error) -> ApiError {
 
 /// E.164: '+', a non-zero digit, then 7 to 14 more digits.
 pub fn valid_msisdn(s: &str) -> bool {
-    let Some(d) = s.strip_prefix('+') else { return false };
+    let Some(d) = s.strip_prefix('+') else {
+        return false;
+    };
     (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
 }
 
@@ -208,18 +244,24 @@ async fn read_body(state: &ApiState, headers: &HeaderMap, body: Body) -> Result<
             ));
         }
     }
-    axum::body::to_bytes(body, state.max_body_bytes).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body exceeds {} bytes", state.max_body_bytes),
-        )
-    })
+    axum::body::to_bytes(body, state.max_body_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body exceeds {} bytes", state.max_body_bytes),
+            )
+        })
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     let v = headers.get("idempotency-key").ok_or_else(|| {
-        ApiError::new(StatusCode::BAD_REQUEST, "idempotency_key_required", "the Idempotency-Key header is required")
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key_required",
+            "the Idempotency-Key header is required",
+        )
     })?;
     let s = v.to_str().unwrap_or("");
     if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
@@ -240,14 +282,20 @@ async fn create_delivery(
     let client = authenticate(&state, &headers)?;
     let key = idempotency_key(&headers)?;
     let bytes = read_body(&state, &headers, body).await?;
-    let req: CreateDelivery = serde_json::from_slice(&bytes).map_err(|e| describe_json_error(&e))?;
+    let req: CreateDelivery =
+        serde_json::from_slice(&bytes).map_err(|e| describe_json_error(&e))?;
     drop(bytes);
 
     if !valid_msisdn(&req.msisdn) {
-        return Err(ApiError::invalid("msisdn must be E.164: '+', then 8 to 15 digits, not starting with 0"));
+        return Err(ApiError::invalid(
+            "msisdn must be E.164: '+', then 8 to 15 digits, not starting with 0",
+        ));
     }
     let pin = req.pin.expose_secret();
-    if pin.len() < state.pin_min || pin.len() > state.pin_max || !pin.bytes().all(|b| b.is_ascii_digit()) {
+    if pin.len() < state.pin_min
+        || pin.len() > state.pin_max
+        || !pin.bytes().all(|b| b.is_ascii_digit())
+    {
         return Err(ApiError::invalid(format!(
             "pin must be {} to {} digits",
             state.pin_min, state.pin_max
@@ -255,23 +303,32 @@ async fn create_delivery(
     }
     if let Some(a) = &req.amount {
         if !valid_amount_value(&a.value) {
-            return Err(ApiError::invalid("amount.value must be a decimal string such as \"3000\" or \"12.50\""));
+            return Err(ApiError::invalid(
+                "amount.value must be a decimal string such as \"3000\" or \"12.50\"",
+            ));
         }
         if a.currency.len() != 3 || !a.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(ApiError::invalid("amount.currency must be an ISO 4217 code such as \"JPY\""));
+            return Err(ApiError::invalid(
+                "amount.currency must be an ISO 4217 code such as \"JPY\"",
+            ));
         }
     }
     if let Some(p) = &req.payee {
         if p.is_empty() || p.chars().count() > 64 || p.chars().any(char::is_control) {
-            return Err(ApiError::invalid("payee must be 1 to 64 characters without control characters"));
+            return Err(ApiError::invalid(
+                "payee must be 1 to 64 characters without control characters",
+            ));
         }
     }
     let now = now_ms();
     let expires_at = match &req.expires_at {
         None => None,
         Some(s) => {
-            let t = OffsetDateTime::parse(s, &Rfc3339)
-                .map_err(|_| ApiError::invalid("expires_at must be an RFC 3339 time such as 2026-12-01T00:00:00Z"))?;
+            let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
+                ApiError::invalid(
+                    "expires_at must be an RFC 3339 time such as 2026-12-01T00:00:00Z",
+                )
+            })?;
             let ms = (t.unix_timestamp_nanos() / 1_000_000) as i64;
             if ms <= now {
                 return Err(ApiError::invalid("expires_at is in the past"));
@@ -312,11 +369,15 @@ async fn create_delivery(
         .await
         .map_err(ApiError::unavailable)?;
     match outcome {
-        EnqueueOutcome::Created { id } | EnqueueOutcome::Replay { id } => {
-            Ok((StatusCode::ACCEPTED, axum::Json(json!({"id": id, "state": "queued"}))).into_response())
-        }
-        EnqueueOutcome::Conflict => Err(ApiError::invalid("this Idempotency-Key was used with a different request")
-            .with_code("idempotency_conflict")),
+        EnqueueOutcome::Created { id } | EnqueueOutcome::Replay { id } => Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"id": id, "state": "queued"})),
+        )
+            .into_response()),
+        EnqueueOutcome::Conflict => Err(ApiError::invalid(
+            "this Idempotency-Key was used with a different request",
+        )
+        .with_code("idempotency_conflict")),
     }
 }
 
@@ -402,13 +463,23 @@ async fn cancel_delivery(
         Some(d) if visible(&client, &d) => {}
         _ => return Err(not_found()),
     }
-    match state.store.cancel(&id, now_ms()).await.map_err(ApiError::unavailable)? {
-        CancelOutcome::Cancelled => Ok(axum::Json(json!({"id": id, "state": "cancelled"})).into_response()),
+    match state
+        .store
+        .cancel(&id, now_ms())
+        .await
+        .map_err(ApiError::unavailable)?
+    {
+        CancelOutcome::Cancelled => {
+            Ok(axum::Json(json!({"id": id, "state": "cancelled"})).into_response())
+        }
         CancelOutcome::NotFound => Err(not_found()),
         CancelOutcome::Conflict(s) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_cancellable",
-            format!("the delivery is {} and can no longer be cancelled", s.as_str()),
+            format!(
+                "the delivery is {} and can no longer be cancelled",
+                s.as_str()
+            ),
         )),
     }
 }
@@ -427,7 +498,10 @@ async fn readyz(AxState(state): AxState<Arc<ApiState>>) -> Response {
     if down.is_empty() {
         axum::Json(json!({"status": "ready"})).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "not_ready", "channels_down": down})))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "not_ready", "channels_down": down})),
+        )
             .into_response()
     }
 }
@@ -468,7 +542,9 @@ mod tests {
             format!(r#"{{"msisdn": "+81", "pin": "{canary}", "amount": {{"value": {canary}}}}}"#),
         ];
         for b in bodies {
-            let e = serde_json::from_slice::<CreateDelivery>(b.as_bytes()).err().expect("must fail");
+            let e = serde_json::from_slice::<CreateDelivery>(b.as_bytes())
+                .err()
+                .expect("must fail");
             let api = describe_json_error(&e);
             assert!(!api.message.contains(canary), "{}", api.message);
         }

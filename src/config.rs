@@ -54,7 +54,11 @@ fn default_body_limit() -> usize {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { listen: default_listen(), max_body_bytes: default_body_limit(), tokens: vec![] }
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_body_limit(),
+            tokens: vec![],
+        }
     }
 }
 
@@ -97,7 +101,10 @@ fn default_storage_url() -> String {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { url: default_storage_url(), durability: Durability::Full }
+        Self {
+            url: default_storage_url(),
+            durability: Durability::Full,
+        }
     }
 }
 
@@ -216,7 +223,10 @@ fn default_pin_max() -> usize {
 
 impl Default for PinConfig {
     fn default() -> Self {
-        Self { min_length: default_pin_min(), max_length: default_pin_max() }
+        Self {
+            min_length: default_pin_min(),
+            max_length: default_pin_max(),
+        }
     }
 }
 
@@ -237,7 +247,10 @@ fn default_log_filter() -> String {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { filter: default_log_filter(), format: LogFormat::Text }
+        Self {
+            filter: default_log_filter(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -372,9 +385,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. \"30s\", \"10m\", \"250ms\""))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid duration {s:?}: expected e.g. \"30s\", \"10m\", \"250ms\"")
+    })?;
     let ms = match unit {
         "ms" => n,
         "s" => n * 1000,
@@ -416,7 +429,10 @@ pub enum ConfigError {
 
 impl ConfigError {
     fn invalid(source: &str, message: impl fmt::Display) -> Self {
-        ConfigError::Invalid { key: source.to_owned(), message: message.to_string() }
+        ConfigError::Invalid {
+            key: source.to_owned(),
+            message: message.to_string(),
+        }
     }
 }
 
@@ -499,7 +515,9 @@ impl Config {
             .filter(|(k, _)| k.starts_with("PINPOST__"))
             .collect();
         let figment = figment.merge(env_provider(&vars));
-        let config: Config = figment.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -519,7 +537,10 @@ impl Config {
                 return Err(ConfigError::invalid(&src, "name must not be empty"));
             }
             if !names.insert(t.name.clone()) {
-                return Err(ConfigError::invalid(&src, format!("duplicate token name {:?}", t.name)));
+                return Err(ConfigError::invalid(
+                    &src,
+                    format!("duplicate token name {:?}", t.name),
+                ));
             }
             match (&t.token_sha256, &t.token_file) {
                 (Some(h), None) => {
@@ -540,14 +561,20 @@ impl Config {
             }
         }
         self.storage_path()?;
-        if self.pin.min_length < 4 || self.pin.min_length > self.pin.max_length || self.pin.max_length > 64 {
+        if self.pin.min_length < 4
+            || self.pin.min_length > self.pin.max_length
+            || self.pin.max_length > 64
+        {
             return Err(ConfigError::invalid(
                 "pin",
                 "need 4 <= min_length <= max_length <= 64",
             ));
         }
         if self.delivery.max_attempts == 0 {
-            return Err(ConfigError::invalid("delivery.max_attempts", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "delivery.max_attempts",
+                "must be at least 1",
+            ));
         }
         if self.delivery.retry_backoff_min > self.delivery.retry_backoff_max {
             return Err(ConfigError::invalid(
@@ -559,20 +586,30 @@ impl Config {
         tracing_subscriber::EnvFilter::try_new(&self.log.filter)
             .map_err(|e| ConfigError::invalid("log.filter", e))?;
         if self.channels.is_empty() {
-            return Err(ConfigError::invalid("channel", "at least one [[channel]] is required"));
+            return Err(ConfigError::invalid(
+                "channel",
+                "at least one [[channel]] is required",
+            ));
         }
         let mut ids = std::collections::HashSet::new();
         for (i, ch) in self.channels.iter().enumerate() {
             let src = format!("channel[{i}]");
             let id = ch.id();
-            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            if id.is_empty()
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
                 return Err(ConfigError::invalid(
                     &format!("{src}.id"),
                     "must be non-empty and use only letters, digits, '-' and '_'",
                 ));
             }
             if !ids.insert(id.to_owned()) {
-                return Err(ConfigError::invalid(&format!("{src}.id"), format!("duplicate channel id {id:?}")));
+                return Err(ConfigError::invalid(
+                    &format!("{src}.id"),
+                    format!("duplicate channel id {id:?}"),
+                ));
             }
             match ch {
                 ChannelConfig::Smpp(c) => validate_smpp(&src, c)?,
@@ -618,11 +655,17 @@ fn validate_smpp(src: &str, c: &SmppChannelConfig) -> Result<(), ConfigError> {
             .map(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
             .unwrap_or(false);
         if !port_ok {
-            return Err(ConfigError::invalid(&format!("{src}.url"), "needs host:port"));
+            return Err(ConfigError::invalid(
+                &format!("{src}.url"),
+                "needs host:port",
+            ));
         }
     }
     if c.system_id.len() > 15 {
-        return Err(ConfigError::invalid(&format!("{src}.system_id"), "at most 15 characters"));
+        return Err(ConfigError::invalid(
+            &format!("{src}.system_id"),
+            "at most 15 characters",
+        ));
     }
     if c.password.is_some() && c.password_file.is_some() {
         return Err(ConfigError::invalid(
@@ -631,13 +674,22 @@ fn validate_smpp(src: &str, c: &SmppChannelConfig) -> Result<(), ConfigError> {
         ));
     }
     if c.window == 0 || c.window > 10_000 {
-        return Err(ConfigError::invalid(&format!("{src}.window"), "must be 1..=10000"));
+        return Err(ConfigError::invalid(
+            &format!("{src}.window"),
+            "must be 1..=10000",
+        ));
     }
     if c.max_tps == Some(0) {
-        return Err(ConfigError::invalid(&format!("{src}.max_tps"), "must be at least 1 (omit it for no limit)"));
+        return Err(ConfigError::invalid(
+            &format!("{src}.max_tps"),
+            "must be at least 1 (omit it for no limit)",
+        ));
     }
     if c.source_addr.is_empty() || c.source_addr.len() > 20 {
-        return Err(ConfigError::invalid(&format!("{src}.source_addr"), "1 to 20 characters"));
+        return Err(ConfigError::invalid(
+            &format!("{src}.source_addr"),
+            "1 to 20 characters",
+        ));
     }
     crate::template::Template::parse(&c.template)
         .map_err(|e| ConfigError::invalid(&format!("{src}.template"), e))?;
@@ -706,7 +758,9 @@ impl FromStr for Durability {
         match s {
             "full" => Ok(Durability::Full),
             "normal" => Ok(Durability::Normal),
-            _ => Err(format!("durability must be \"full\" or \"normal\", not {s:?}")),
+            _ => Err(format!(
+                "durability must be \"full\" or \"normal\", not {s:?}"
+            )),
         }
     }
 }
@@ -758,14 +812,23 @@ url = "loopback"
     #[test]
     fn unknown_keys_are_rejected_with_file_and_key() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(dir.path(), &format!("{MINIMAL}\n[api]\nlisten = \"127.0.0.1:1\"\nlistn = 1\n"));
+        let p = write(
+            dir.path(),
+            &format!("{MINIMAL}\n[api]\nlisten = \"127.0.0.1:1\"\nlistn = 1\n"),
+        );
         let e = Config::load(&p, Vec::new()).unwrap_err().to_string();
         assert!(e.contains("listn"), "{e}");
         assert!(e.contains("c.toml"), "{e}");
-        let p = write(dir.path(), &MINIMAL.replace("url = \"loopback\"", "url = \"loopback\"\nwindw = 3"));
+        let p = write(
+            dir.path(),
+            &MINIMAL.replace("url = \"loopback\"", "url = \"loopback\"\nwindw = 3"),
+        );
         let e = Config::load(&p, Vec::new()).unwrap_err().to_string();
         assert!(e.contains("windw"), "{e}");
-        let p = write(dir.path(), &MINIMAL.replace("kind = \"smpp\"", "kind = \"pigeon\""));
+        let p = write(
+            dir.path(),
+            &MINIMAL.replace("kind = \"smpp\"", "kind = \"pigeon\""),
+        );
         let e = Config::load(&p, Vec::new()).unwrap_err().to_string();
         assert!(e.contains("pigeon"), "{e}");
     }
@@ -774,13 +837,22 @@ url = "loopback"
     fn bad_values_name_their_key() {
         let dir = tempfile::tempdir().unwrap();
         for (edit, key) in [
-            ("[delivery]\nretry_backoff_min = \"2 parsecs\"", "retry_backoff_min"),
+            (
+                "[delivery]\nretry_backoff_min = \"2 parsecs\"",
+                "retry_backoff_min",
+            ),
             ("[storage]\nurl = \"mysql://x\"", "storage.url"),
             ("[storage]\ndurability = \"maybe\"", "durability"),
             ("[delivery]\nutc_offset = \"JST\"", "utc_offset"),
             ("[pin]\nmin_length = 2", "pin"),
-            ("[[api.tokens]]\nname = \"a\"\nrole = \"billing\"", "api.tokens[0]"),
-            ("[[api.tokens]]\nname = \"a\"\nrole = \"root\"\ntoken_file = \"x\"", "root"),
+            (
+                "[[api.tokens]]\nname = \"a\"\nrole = \"billing\"",
+                "api.tokens[0]",
+            ),
+            (
+                "[[api.tokens]]\nname = \"a\"\nrole = \"root\"\ntoken_file = \"x\"",
+                "root",
+            ),
         ] {
             let p = write(dir.path(), &format!("{MINIMAL}\n{edit}\n"));
             let e = Config::load(&p, Vec::new()).unwrap_err().to_string();
@@ -788,15 +860,23 @@ url = "loopback"
         }
         for (edit, key) in [
             ("url = \"http://x:1\"", "channel[0].url"),
-            ("url = \"loopback\"\ntemplate = \"no pin\"", "channel[0].template"),
+            (
+                "url = \"loopback\"\ntemplate = \"no pin\"",
+                "channel[0].template",
+            ),
             ("url = \"loopback\"\nwindow = 0", "channel[0].window"),
-            ("url = \"loopback\"\ninterface_version = \"4.0\"", "interface_version"),
+            (
+                "url = \"loopback\"\ninterface_version = \"4.0\"",
+                "interface_version",
+            ),
         ] {
             let p = write(dir.path(), &MINIMAL.replace("url = \"loopback\"", edit));
             let e = Config::load(&p, Vec::new()).unwrap_err().to_string();
             assert!(e.contains(key), "{key}: {e}");
         }
-        let e = Config::load(Path::new("/nonexistent/p.toml"), Vec::new()).unwrap_err().to_string();
+        let e = Config::load(Path::new("/nonexistent/p.toml"), Vec::new())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent/p.toml"), "{e}");
     }
 
@@ -805,8 +885,14 @@ url = "loopback"
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), MINIMAL);
         let env = vec![
-            ("PINPOST__API__LISTEN".to_owned(), "127.0.0.1:9999".to_owned()),
-            ("PINPOST__STORAGE__DURABILITY".to_owned(), "normal".to_owned()),
+            (
+                "PINPOST__API__LISTEN".to_owned(),
+                "127.0.0.1:9999".to_owned(),
+            ),
+            (
+                "PINPOST__STORAGE__DURABILITY".to_owned(),
+                "normal".to_owned(),
+            ),
             ("PINPOST__DELIVERY__MAX_ATTEMPTS".to_owned(), "9".to_owned()),
             ("PINPOST_IGNORED".to_owned(), "x".to_owned()),
         ];
@@ -822,7 +908,10 @@ url = "loopback"
     #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("48h").unwrap(), Duration::from_secs(48 * 3600));
+        assert_eq!(
+            parse_duration("48h").unwrap(),
+            Duration::from_secs(48 * 3600)
+        );
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("s").is_err());
         assert_eq!(format_duration(Duration::from_secs(120)), "2m");

@@ -40,7 +40,10 @@ impl std::fmt::Debug for Keys {
 
 /// Write a new random key file (fails if it exists).
 pub fn generate_key_file(path: &Path) -> Result<(), KeyError> {
-    let err = |message: String| KeyError::File { path: path.display().to_string(), message };
+    let err = |message: String| KeyError::File {
+        path: path.display().to_string(),
+        message,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(|e| err(format!("cannot create directory: {e}")))?;
     }
@@ -54,7 +57,9 @@ pub fn generate_key_file(path: &Path) -> Result<(), KeyError> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).map_err(|e| err(format!("cannot create key file: {e}")))?;
+    let mut f = opts
+        .open(path)
+        .map_err(|e| err(format!("cannot create key file: {e}")))?;
     f.write_all(text.as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(|e| err(format!("cannot write key file: {e}")))?;
@@ -67,7 +72,10 @@ impl Keys {
         if generate_missing && !path.exists() {
             generate_key_file(path)?;
         }
-        let err = |message: String| KeyError::File { path: path.display().to_string(), message };
+        let err = |message: String| KeyError::File {
+            path: path.display().to_string(),
+            message,
+        };
         let text = Zeroizing::new(
             fs::read_to_string(path).map_err(|e| err(format!("cannot read PIN key: {e}")))?,
         );
@@ -87,7 +95,8 @@ impl Keys {
         let fp_key = derive(b"pinpost/fingerprint/v1");
         Keys {
             aead: Aes256Gcm::new_from_slice(aead_key.as_slice()).expect("32-byte key"),
-            fingerprint: <HmacSha256 as Mac>::new_from_slice(fp_key.as_slice()).expect("any key length"),
+            fingerprint: <HmacSha256 as Mac>::new_from_slice(fp_key.as_slice())
+                .expect("any key length"),
         }
     }
 
@@ -99,7 +108,10 @@ impl Keys {
             .aead
             .encrypt(
                 Nonce::from_slice(&nonce),
-                Payload { msg: pin.expose_secret().as_bytes(), aad },
+                Payload {
+                    msg: pin.expose_secret().as_bytes(),
+                    aad,
+                },
             )
             .expect("AES-GCM encryption of a short message cannot fail");
         let mut out = Vec::with_capacity(12 + ct.len());
@@ -115,7 +127,9 @@ impl Keys {
         }
         let (nonce, ct) = sealed.split_at(12);
         let plain = Zeroizing::new(
-            self.aead.decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad }).ok()?,
+            self.aead
+                .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
+                .ok()?,
         );
         let s = std::str::from_utf8(&plain).ok()?;
         Some(SecretString::from(s.to_owned()))
@@ -142,7 +156,10 @@ mod tests {
         let pin = SecretString::from("4921773055614410".to_owned());
         let sealed = keys.seal(&pin, b"d1");
         assert!(!sealed.windows(16).any(|w| w == b"4921773055614410"));
-        assert_eq!(keys.open(&sealed, b"d1").unwrap().expose_secret(), "4921773055614410");
+        assert_eq!(
+            keys.open(&sealed, b"d1").unwrap().expose_secret(),
+            "4921773055614410"
+        );
         assert!(keys.open(&sealed, b"d2").is_none(), "bound to its delivery");
         let other = Keys::from_master(&[8u8; 32]);
         assert!(other.open(&sealed, b"d1").is_none(), "bound to its key");

@@ -20,7 +20,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::{DeliveryConfig, InDoubtAction};
 use crate::crypto::Keys;
 use crate::now_ms;
-use crate::store::{AttemptOutcome, Claimed, Finish, FinishResult, ReceiptIn, State, Store, SweepParams};
+use crate::store::{
+    AttemptOutcome, Claimed, Finish, FinishResult, ReceiptIn, State, Store, SweepParams,
+};
 use crate::template::{Template, Values};
 
 /// Most deliveries claimed in one go.
@@ -46,7 +48,12 @@ pub struct Ctx {
 
 /// Run the dispatcher of one channel until `shutdown`; in-flight sends are tracked on
 /// `sends` so the caller can drain them.
-pub async fn run_channel(ctx: Ctx, route: Arc<Route>, shutdown: CancellationToken, sends: TaskTracker) {
+pub async fn run_channel(
+    ctx: Ctx,
+    route: Arc<Route>,
+    shutdown: CancellationToken,
+    sends: TaskTracker,
+) {
     let id = route.channel.id().as_str().to_owned();
     let window = route.channel.capabilities().window.max(1);
     let permits = Arc::new(Semaphore::new(window));
@@ -85,7 +92,9 @@ pub async fn run_channel(ctx: Ctx, route: Arc<Route>, shutdown: CancellationToke
         if claimed.is_empty() {
             drop(held);
             let sleep = match ctx.store.next_due(&id).await {
-                Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(1, POLL.as_millis() as i64) as u64),
+                Ok(Some(at)) => {
+                    Duration::from_millis((at - now_ms()).clamp(1, POLL.as_millis() as i64) as u64)
+                }
                 _ => POLL,
             };
             tokio::select! {
@@ -121,7 +130,11 @@ fn format_expiry(ms: i64, offset: time::UtcOffset) -> String {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
         .to_offset(offset);
     let (h, m, _) = offset.as_hms();
-    let zone = if h == 0 && m == 0 { "UTC".to_owned() } else { format!("{:+03}:{:02}", h, m.abs()) };
+    let zone = if h == 0 && m == 0 {
+        "UTC".to_owned()
+    } else {
+        format!("{:+03}:{:02}", h, m.abs())
+    };
     format!("{} {}", t.format(&fmt).unwrap_or_default(), zone)
 }
 
@@ -139,7 +152,11 @@ async fn send_one(ctx: &Ctx, route: &Route, c: Claimed) {
         record(ctx, finish(FinishResult::Expired), c.attempts).await;
         return;
     }
-    let Some(pin) = c.pin_ct.as_deref().and_then(|ct| ctx.keys.open(ct, c.id.as_bytes())) else {
+    let Some(pin) = c
+        .pin_ct
+        .as_deref()
+        .and_then(|ct| ctx.keys.open(ct, c.id.as_bytes()))
+    else {
         let f = finish(FinishResult::Attempted {
             outcome: AttemptOutcome::Permanent,
             error: "the stored PIN cannot be decrypted with the configured key".into(),
@@ -165,9 +182,9 @@ async fn send_one(ctx: &Ctx, route: &Route, c: Claimed) {
         delivery_id: c.id.clone(),
         address: c.msisdn.clone(),
         body,
-        expires_at: c
-            .expires_at
-            .and_then(|e| time::OffsetDateTime::from_unix_timestamp_nanos(e as i128 * 1_000_000).ok()),
+        expires_at: c.expires_at.and_then(|e| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(e as i128 * 1_000_000).ok()
+        }),
     };
     let result = route.channel.send(&msg).await;
     drop(msg);
@@ -176,7 +193,9 @@ async fn send_one(ctx: &Ctx, route: &Route, c: Claimed) {
     let result = match result {
         Ok(acc) => FinishResult::Submitted {
             refs: acc.provider_refs,
-            receipt_due: acc.receipt_expected.then(|| now + cfg.receipt_timeout.as_millis() as i64),
+            receipt_due: acc
+                .receipt_expected
+                .then(|| now + cfg.receipt_timeout.as_millis() as i64),
         },
         Err(SendError::Throttled { retry_after }) => FinishResult::NotAttempted {
             error: "throttled by the peer".into(),
@@ -191,7 +210,11 @@ async fn send_one(ctx: &Ctx, route: &Route, c: Claimed) {
             FinishResult::Attempted {
                 outcome: AttemptOutcome::Transient,
                 error: reason,
-                next: if exhausted { State::Failed } else { State::RetryWait },
+                next: if exhausted {
+                    State::Failed
+                } else {
+                    State::RetryWait
+                },
                 next_attempt_at: now + backoff(cfg, c.attempts),
             }
         }
@@ -218,7 +241,12 @@ async fn record(ctx: &Ctx, f: Finish, attempts_before: u32) {
         FinishResult::Submitted { refs, .. } => {
             tracing::debug!(delivery_id = %f.id, channel = %f.channel, attempt, parts = refs.len(), "submitted")
         }
-        FinishResult::Attempted { outcome, error, next, .. } => tracing::warn!(
+        FinishResult::Attempted {
+            outcome,
+            error,
+            next,
+            ..
+        } => tracing::warn!(
             delivery_id = %f.id, channel = %f.channel, attempt, outcome = outcome.as_str(),
             next = next.as_str(), error = %error, "send failed"
         ),
@@ -253,7 +281,12 @@ pub async fn run_receipts(store: Store, mut rx: mpsc::Receiver<Receipt>) {
 }
 
 /// Time-driven transitions, every `every`.
-pub async fn run_maintenance(store: Store, cfg: DeliveryConfig, every: Duration, shutdown: CancellationToken) {
+pub async fn run_maintenance(
+    store: Store,
+    cfg: DeliveryConfig,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -296,7 +329,10 @@ mod tests {
     #[test]
     fn expiry_text() {
         let ms = 1_796_083_200_000; // 2026-12-01T00:00:00Z
-        assert_eq!(format_expiry(ms, time::UtcOffset::UTC), "2026-12-01 00:00 UTC");
+        assert_eq!(
+            format_expiry(ms, time::UtcOffset::UTC),
+            "2026-12-01 00:00 UTC"
+        );
         let jst = time::UtcOffset::from_hms(9, 0, 0).unwrap();
         assert_eq!(format_expiry(ms, jst), "2026-12-01 09:00 +09:00");
     }

@@ -59,18 +59,25 @@ pub enum RunError {
     #[error("channel {id}: {message}")]
     Channel { id: String, message: String },
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Load the API clients, creating missing token files when the config allows it.
 pub fn load_clients(config: &Config) -> Result<Vec<api::Client>, RunError> {
     let mut out = Vec::new();
     for t in &config.api.tokens {
-        let err = |message: String| RunError::Token { name: t.name.clone(), message };
+        let err = |message: String| RunError::Token {
+            name: t.name.clone(),
+            message,
+        };
         let digest: [u8; 32] = match (&t.token_sha256, &t.token_file) {
             (Some(h), _) => {
                 let mut d = [0u8; 32];
-                hex::decode_to_slice(h, &mut d).map_err(|_| err("token_sha256 is not 64 hex characters".into()))?;
+                hex::decode_to_slice(h, &mut d)
+                    .map_err(|_| err("token_sha256 is not 64 hex characters".into()))?;
                 d
             }
             (None, Some(path)) => {
@@ -79,17 +86,25 @@ pub fn load_clients(config: &Config) -> Result<Vec<api::Client>, RunError> {
                     tracing::info!(token = %t.name, file = %path.display(), "generated an API token");
                 }
                 let text = zeroize::Zeroizing::new(
-                    std::fs::read_to_string(path).map_err(|e| err(format!("{}: {e}", path.display())))?,
+                    std::fs::read_to_string(path)
+                        .map_err(|e| err(format!("{}: {e}", path.display())))?,
                 );
                 let token = text.trim();
                 if token.len() < 16 {
-                    return Err(err(format!("{}: a token needs at least 16 characters", path.display())));
+                    return Err(err(format!(
+                        "{}: a token needs at least 16 characters",
+                        path.display()
+                    )));
                 }
                 Sha256::digest(token.as_bytes()).into()
             }
             (None, None) => return Err(err("no token_sha256 or token_file".into())),
         };
-        out.push(api::Client { name: t.name.clone(), role: t.role, token_sha256: digest });
+        out.push(api::Client {
+            name: t.name.clone(),
+            role: t.role,
+            token_sha256: digest,
+        });
     }
     Ok(out)
 }
@@ -116,19 +131,45 @@ fn write_new_token(path: &Path) -> std::io::Result<()> {
 
 fn read_secret_file(path: &Path) -> std::io::Result<SecretString> {
     let text = std::fs::read_to_string(path)?;
-    Ok(SecretString::from(text.trim_end_matches(['\r', '\n']).to_owned()))
+    Ok(SecretString::from(
+        text.trim_end_matches(['\r', '\n']).to_owned(),
+    ))
 }
 
-/// Build the driver configuration of an SMPP channel (without starting anything).
-pub fn smpp_config(c: &config::SmppChannelConfig, url: String) -> Result<SmppConfig, RunError> {
-    let err = |message: String| RunError::Channel { id: c.id.clone(), message };
-    let password = match (&c.password, &c.password_file) {
-        (Some(p), None) => SecretString::from(p.clone()),
-        (None, Some(f)) => read_secret_file(f).map_err(|e| err(format!("password_file {}: {e}", f.display())))?,
-        (None, None) => SecretString::from(String::new()),
-        (Some(_), Some(_)) => return Err(err("set password or password_file, not both".into())),
+/// The bind password of an SMPP channel (inline or from its file).
+pub fn smpp_password(c: &config::SmppChannelConfig) -> Result<SecretString, RunError> {
+    let err = |message: String| RunError::Channel {
+        id: c.id.clone(),
+        message,
     };
-    let mut sc = SmppConfig::new(ChannelId::new(&c.id), url, &c.system_id, password, &c.source_addr);
+    match (&c.password, &c.password_file) {
+        (Some(p), None) => Ok(SecretString::from(p.clone())),
+        (None, Some(f)) => {
+            read_secret_file(f).map_err(|e| err(format!("password_file {}: {e}", f.display())))
+        }
+        (None, None) => Ok(SecretString::from(String::new())),
+        (Some(_), Some(_)) => Err(err("set password or password_file, not both".into())),
+    }
+}
+
+/// Build and validate the driver configuration of an SMPP channel (starts nothing, reads
+/// no file).
+pub fn smpp_config(
+    c: &config::SmppChannelConfig,
+    url: String,
+    password: SecretString,
+) -> Result<SmppConfig, RunError> {
+    let err = |message: String| RunError::Channel {
+        id: c.id.clone(),
+        message,
+    };
+    let mut sc = SmppConfig::new(
+        ChannelId::new(&c.id),
+        url,
+        &c.system_id,
+        password,
+        &c.source_addr,
+    );
     sc.system_type = c.system_type.clone();
     sc.interface_version = match c.interface_version {
         InterfaceVersion::V34 => pinpost_smpp::client::InterfaceVersion::V34,
@@ -152,7 +193,10 @@ async fn build_channel(
 ) -> Result<(Arc<dyn Channel>, template::Template), RunError> {
     match cfg {
         ChannelConfig::Smpp(c) => {
-            let err = |message: String| RunError::Channel { id: c.id.clone(), message };
+            let err = |message: String| RunError::Channel {
+                id: c.id.clone(),
+                message,
+            };
             let template = template::Template::parse(&c.template).map_err(err)?;
             let url = if c.url == "loopback" {
                 let sim = SimConfig {
@@ -161,16 +205,24 @@ async fn build_channel(
                     password: c.password.clone(),
                     ..SimConfig::default()
                 };
-                let smsc = Smsc::bind(sim).await.map_err(|e| err(format!("loopback SMSC: {e}")))?;
-                let addr = smsc.local_addr();
+                let smsc = Smsc::bind(sim)
+                    .await
+                    .map_err(|e| err(format!("loopback SMSC: {e}")))?;
+                let addr = smsc
+                    .local_addr()
+                    .map_err(|e| err(format!("loopback SMSC: {e}")))?;
                 tracing::info!(channel = %c.id, %addr, "built-in loopback SMSC listening");
                 let token = shutdown.clone();
-                background.spawn(async move { smsc.run(token).await });
+                background.spawn(async move {
+                    if let Err(e) = smsc.run(token).await {
+                        tracing::error!(error = %e, "loopback SMSC stopped");
+                    }
+                });
                 format!("smpp://{addr}")
             } else {
                 c.url.clone()
             };
-            let sc = smpp_config(c, url)?;
+            let sc = smpp_config(c, url, smpp_password(c)?)?;
             let ch = SmppChannel::start(sc, receipts);
             Ok((Arc::new(ch) as Arc<dyn Channel>, template))
         }
@@ -185,13 +237,21 @@ pub async fn run(
     bound: Option<oneshot::Sender<SocketAddr>>,
 ) -> Result<(), RunError> {
     config.validate()?;
-    let keys = Keys::load(&config.secrets.pin_key_file, config.secrets.generate_missing)?;
+    let keys = Keys::load(
+        &config.secrets.pin_key_file,
+        config.secrets.generate_missing,
+    )?;
     let clients = load_clients(&config)?;
     let db_path = config.storage_path()?;
     let store = Store::open(&db_path, config.storage.durability)?;
-    let in_doubt = store.recover(now_ms(), config.delivery.in_doubt_after.as_millis() as i64).await?;
+    let in_doubt = store
+        .recover(now_ms(), config.delivery.in_doubt_after.as_millis() as i64)
+        .await?;
     if in_doubt > 0 {
-        tracing::warn!(count = in_doubt, "deliveries were in flight when pinpost last stopped; now in doubt");
+        tracing::warn!(
+            count = in_doubt,
+            "deliveries were in flight when pinpost last stopped; now in doubt"
+        );
     }
 
     let (receipt_tx, receipt_rx) = mpsc::channel(64 * 1024);
@@ -202,7 +262,10 @@ pub async fn run(
     for c in &config.channels {
         let (ch, template) = build_channel(c, receipt_tx.clone(), &background, &sim_stop).await?;
         channels.insert(c.id().to_owned(), ch.clone());
-        routes.push(Arc::new(dispatch::Route { channel: ch, template }));
+        routes.push(Arc::new(dispatch::Route {
+            channel: ch,
+            template,
+        }));
     }
     drop(receipt_tx);
     let channels = Arc::new(channels);
@@ -220,8 +283,14 @@ pub async fn run(
     });
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
-        .map_err(|source| RunError::Listen { addr: config.api.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| RunError::Listen { addr: config.api.listen, source })?;
+        .map_err(|source| RunError::Listen {
+            addr: config.api.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| RunError::Listen {
+        addr: config.api.listen,
+        source,
+    })?;
     tracing::info!("listening on http://{addr}");
 
     let http_stop = shutdown.clone();
@@ -241,7 +310,12 @@ pub async fn run(
     let sends = TaskTracker::new();
     let mut dispatchers = Vec::new();
     for route in routes {
-        dispatchers.push(tokio::spawn(dispatch::run_channel(ctx.clone(), route, shutdown.clone(), sends.clone())));
+        dispatchers.push(tokio::spawn(dispatch::run_channel(
+            ctx.clone(),
+            route,
+            shutdown.clone(),
+            sends.clone(),
+        )));
     }
     let receipts_task = tokio::spawn(dispatch::run_receipts(store.clone(), receipt_rx));
     let maintenance = tokio::spawn(dispatch::run_maintenance(
@@ -260,7 +334,10 @@ pub async fn run(
         let _ = d.await;
     }
     sends.close();
-    if tokio::time::timeout(config.delivery.drain_timeout, sends.wait()).await.is_err() {
+    if tokio::time::timeout(config.delivery.drain_timeout, sends.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain timeout: sends still in flight are left in doubt for the next start");
     }
     let _ = maintenance.await;

@@ -13,7 +13,11 @@ use pinpost_smpp::sim::{IdBase, SimConfig, Smsc};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "pinpost", version, about = "Carrier-grade payment-PIN delivery gateway")]
+#[command(
+    name = "pinpost",
+    version,
+    about = "Carrier-grade payment-PIN delivery gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -172,7 +176,9 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
@@ -192,12 +198,20 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             for c in &cfg.channels {
                 match c {
                     pinpost::config::ChannelConfig::Smpp(s) => {
-                        let url = if s.url == "loopback" { "smpp://127.0.0.1:2775".to_owned() } else { s.url.clone() };
-                        pinpost::smpp_config(s, url)?;
+                        let url = if s.url == "loopback" {
+                            "smpp://127.0.0.1:2775".to_owned()
+                        } else {
+                            s.url.clone()
+                        };
+                        pinpost::smpp_config(s, url, "checked".to_owned().into())?;
                     }
                 }
             }
-            let what = arg.config.as_deref().map(Path::display).map(|d| d.to_string());
+            let what = arg
+                .config
+                .as_deref()
+                .map(Path::display)
+                .map(|d| d.to_string());
             println!("{}: ok", what.unwrap_or_else(|| "embedded defaults".into()));
             Ok(())
         }
@@ -237,11 +251,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 seed: a.seed,
             };
             runtime()?.block_on(async move {
-                let smsc = Smsc::bind(cfg).await.context("cannot start the loopback SMSC")?;
-                tracing::info!("loopback SMSC listening on {}", smsc.local_addr());
+                let smsc = Smsc::bind(cfg)
+                    .await
+                    .context("cannot start the loopback SMSC")?;
+                tracing::info!("loopback SMSC listening on {}", smsc.local_addr()?);
                 let shutdown = CancellationToken::new();
                 tokio::spawn(signals(shutdown.clone()));
-                smsc.run(shutdown).await;
+                smsc.run(shutdown).await?;
                 anyhow::Ok(())
             })
         }
@@ -262,7 +278,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn read_token(path: &Path) -> anyhow::Result<String> {
-    let t = std::fs::read_to_string(path).with_context(|| format!("token file {}", path.display()))?;
+    let t =
+        std::fs::read_to_string(path).with_context(|| format!("token file {}", path.display()))?;
     Ok(t.trim().to_owned())
 }
 
@@ -280,9 +297,12 @@ fn enqueue(a: EnqueueArgs) -> anyhow::Result<()> {
     let token = read_token(&a.api.token_file)?;
     let mut pin = zeroize::Zeroizing::new(String::new());
     if a.pin_file == "-" {
-        std::io::stdin().read_to_string(&mut pin).context("reading the PIN from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut pin)
+            .context("reading the PIN from stdin")?;
     } else {
-        *pin = std::fs::read_to_string(&a.pin_file).with_context(|| format!("PIN file {}", a.pin_file))?;
+        *pin = std::fs::read_to_string(&a.pin_file)
+            .with_context(|| format!("PIN file {}", a.pin_file))?;
     }
     let pin = pin.trim();
     let mut body = serde_json::json!({"msisdn": a.msisdn, "pin": pin});
@@ -295,7 +315,9 @@ fn enqueue(a: EnqueueArgs) -> anyhow::Result<()> {
     if let Some(e) = &a.expires_at {
         body["expires_at"] = e.clone().into();
     }
-    let key = a.idempotency_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let key = a
+        .idempotency_key
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let url = format!("{}/v1/deliveries", a.api.url.trim_end_matches('/'));
     let text = zeroize::Zeroizing::new(body.to_string());
     let resp = ureq::post(&url)

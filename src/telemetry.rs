@@ -24,7 +24,10 @@ pub fn init(cfg: &LogConfig) {
     let env = EnvFilter::try_new(&cfg.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let guard = FilterFn::new(|meta| !is_body_logging_target(meta.target()));
     let layer = match cfg.format {
-        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).with_ansi(false).boxed(),
+        LogFormat::Text => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .boxed(),
         LogFormat::Json => fmt::layer()
             .json()
             .flatten_event(true)

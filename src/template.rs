@@ -46,7 +46,10 @@ impl Template {
         let mut chars = src.chars().peekable();
         let flush = |text: &mut String, stack: &mut Vec<Vec<Piece>>| {
             if !text.is_empty() {
-                stack.last_mut().expect("stack").push(Piece::Text(std::mem::take(text)));
+                stack
+                    .last_mut()
+                    .expect("stack")
+                    .push(Piece::Text(std::mem::take(text)));
             }
         };
         while let Some(c) = chars.next() {
@@ -93,7 +96,10 @@ impl Template {
                         return Err("unmatched ']' (write ']]' for a literal bracket)".into());
                     }
                     let inner = stack.pop().expect("stack");
-                    stack.last_mut().expect("stack").push(Piece::Optional(inner));
+                    stack
+                        .last_mut()
+                        .expect("stack")
+                        .push(Piece::Optional(inner));
                 }
                 _ => text.push(c),
             }
@@ -107,7 +113,9 @@ impl Template {
             .iter()
             .any(|p| matches!(p, Piece::Field(Field::Pin | Field::PinRaw)));
         if !has_pin {
-            return Err("the template must contain {pin} or {pin_raw} outside optional sections".into());
+            return Err(
+                "the template must contain {pin} or {pin_raw} outside optional sections".into(),
+            );
         }
         Ok(Template { pieces })
     }
@@ -194,7 +202,12 @@ mod tests {
             full.expose_secret(),
             "PIN 4921 7730 5561 4410 for 3000 JPY at Example Shop, valid until 2026-12-01 09:00 +09:00"
         );
-        let bare = t.render(&Values { pin: &p, amount: None, payee: None, expires: None });
+        let bare = t.render(&Values {
+            pin: &p,
+            amount: None,
+            payee: None,
+            expires: None,
+        });
         assert_eq!(bare.expose_secret(), "PIN 4921 7730 5561 4410");
     }
 
@@ -202,11 +215,27 @@ mod tests {
     fn escapes_and_errors() {
         let t = Template::parse("{{x}} [[{pin_raw}]]").unwrap();
         let p = pin();
-        let r = t.render(&Values { pin: &p, amount: None, payee: None, expires: None });
+        let r = t.render(&Values {
+            pin: &p,
+            amount: None,
+            payee: None,
+            expires: None,
+        });
         assert_eq!(r.expose_secret(), "{x} [4921773055614410]");
-        assert!(Template::parse("no pin here").unwrap_err().contains("{pin}"));
-        assert!(Template::parse("[{pin}]").is_err(), "pin only inside an optional section");
-        assert!(Template::parse("{pin} {nope}").unwrap_err().contains("nope"));
+        assert!(
+            Template::parse("no pin here")
+                .unwrap_err()
+                .contains("{pin}")
+        );
+        assert!(
+            Template::parse("[{pin}]").is_err(),
+            "pin only inside an optional section"
+        );
+        assert!(
+            Template::parse("{pin} {nope}")
+                .unwrap_err()
+                .contains("nope")
+        );
         assert!(Template::parse("{pin} [a [b]]").is_err());
         assert!(Template::parse("{pin} [a").is_err());
         assert!(Template::parse("{pin} }").is_err());

@@ -76,7 +76,9 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::Open {
         path: path.display().to_string(),
@@ -99,7 +101,10 @@ pub fn migrate(path: &Path) -> Result<i64, StoreError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
-        return Err(StoreError::TooNew { found: version, known });
+        return Err(StoreError::TooNew {
+            found: version,
+            known,
+        });
     }
     for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -136,9 +141,17 @@ impl Store {
         std::thread::Builder::new()
             .name("pinpost-db-writer".into())
             .spawn(move || w.run(rx))
-            .map_err(|e| StoreError::Open { path: path.display().to_string(), message: e.to_string() })?;
+            .map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
         Ok(Store {
-            inner: Arc::new(Inner { tx, path: path.to_owned(), readers: Mutex::new(Vec::new()), wake }),
+            inner: Arc::new(Inner {
+                tx,
+                path: path.to_owned(),
+                readers: Mutex::new(Vec::new()),
+                wake,
+            }),
         })
     }
 
@@ -148,32 +161,64 @@ impl Store {
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.inner.tx.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
+        self.inner
+            .tx
+            .send(make(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)
     }
 
     /// Store a new delivery with its idempotency record; answers after the commit.
     pub async fn enqueue(&self, new: NewDelivery) -> Result<EnqueueOutcome, StoreError> {
-        self.call(|reply| Op::Enqueue { new: Box::new(new), reply }).await?
+        self.call(|reply| Op::Enqueue {
+            new: Box::new(new),
+            reply,
+        })
+        .await?
     }
 
     /// Mark up to `limit` due deliveries of `channel` as sending and return them.
-    pub async fn claim(&self, channel: &str, limit: usize, now: i64) -> Result<Vec<Claimed>, StoreError> {
-        self.call(|reply| Op::Claim { channel: channel.to_owned(), limit, now, reply }).await?
+    pub async fn claim(
+        &self,
+        channel: &str,
+        limit: usize,
+        now: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.call(|reply| Op::Claim {
+            channel: channel.to_owned(),
+            limit,
+            now,
+            reply,
+        })
+        .await?
     }
 
     /// Record how a send ended (fire and forget; ordered with everything else).
     pub async fn finish(&self, f: Finish) -> Result<(), StoreError> {
-        self.inner.tx.send(Op::Finish(Box::new(f))).await.map_err(|_| StoreError::Closed)
+        self.inner
+            .tx
+            .send(Op::Finish(Box::new(f)))
+            .await
+            .map_err(|_| StoreError::Closed)
     }
 
     /// Apply a receipt (fire and forget).
     pub async fn receipt(&self, r: ReceiptIn) -> Result<(), StoreError> {
-        self.inner.tx.send(Op::Receipt(Box::new(r))).await.map_err(|_| StoreError::Closed)
+        self.inner
+            .tx
+            .send(Op::Receipt(Box::new(r)))
+            .await
+            .map_err(|_| StoreError::Closed)
     }
 
     pub async fn cancel(&self, id: &str, now: i64) -> Result<CancelOutcome, StoreError> {
-        self.call(|reply| Op::Cancel { id: id.to_owned(), now, reply }).await?
+        self.call(|reply| Op::Cancel {
+            id: id.to_owned(),
+            now,
+            reply,
+        })
+        .await?
     }
 
     /// Time-driven transitions: expiry, in-doubt reconciliation, receipt timeouts.
@@ -183,7 +228,12 @@ impl Store {
 
     /// After a restart: deliveries left `sending` by a dead process are in doubt.
     pub async fn recover(&self, now: i64, in_doubt_after_ms: i64) -> Result<usize, StoreError> {
-        self.call(|reply| Op::Recover { now, in_doubt_after_ms, reply }).await?
+        self.call(|reply| Op::Recover {
+            now,
+            in_doubt_after_ms,
+            reply,
+        })
+        .await?
     }
 
     /// Return claimed but unsent deliveries to the queue (on shutdown).

@@ -51,7 +51,10 @@ impl State {
 
     /// No further transition is possible.
     pub fn is_terminal(self) -> bool {
-        matches!(self, State::Delivered | State::Failed | State::Expired | State::Cancelled)
+        matches!(
+            self,
+            State::Delivered | State::Failed | State::Expired | State::Cancelled
+        )
     }
 }
 
@@ -76,9 +79,13 @@ pub struct NewDelivery {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EnqueueOutcome {
-    Created { id: String },
+    Created {
+        id: String,
+    },
     /// Same key, same request: the delivery stored the first time.
-    Replay { id: String },
+    Replay {
+        id: String,
+    },
     /// Same key, different request.
     Conflict,
 }
@@ -111,10 +118,18 @@ pub struct Finish {
 pub enum FinishResult {
     /// The peer accepted; wait for receipts on these references until `receipt_due`
     /// (None: no receipt will come, the delivery is final as submitted).
-    Submitted { refs: Vec<String>, receipt_due: Option<i64> },
+    Submitted {
+        refs: Vec<String>,
+        receipt_due: Option<i64>,
+    },
     /// Counted attempt that failed; the delivery moves to `next` (`retry_wait` with
     /// `next_attempt_at`, `failed`, or `in_doubt` with the reconciliation deadline).
-    Attempted { outcome: AttemptOutcome, error: String, next: State, next_attempt_at: i64 },
+    Attempted {
+        outcome: AttemptOutcome,
+        error: String,
+        next: State,
+        next_attempt_at: i64,
+    },
     /// Not an attempt (throttled, channel down): back to `queued` at `next_attempt_at`.
     NotAttempted { error: String, next_attempt_at: i64 },
     /// The PIN expired before the send.

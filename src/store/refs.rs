@@ -10,7 +10,11 @@
 pub fn key(raw: &str) -> String {
     let t = raw.trim();
     let stripped = t.trim_start_matches('0');
-    let s = if stripped.is_empty() && !t.is_empty() { "0" } else { stripped };
+    let s = if stripped.is_empty() && !t.is_empty() {
+        "0"
+    } else {
+        stripped
+    };
     s.to_ascii_lowercase()
 }
 

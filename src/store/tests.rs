@@ -39,7 +39,13 @@ fn submitted(id: &str, refs: &[&str], now: i64) -> Finish {
 }
 
 fn receipt(r: &str, status: ReceiptStatus, at: i64) -> ReceiptIn {
-    ReceiptIn { channel: "sms".into(), provider_ref: r.into(), status, error_code: None, at }
+    ReceiptIn {
+        channel: "sms".into(),
+        provider_ref: r.into(),
+        status,
+        error_code: None,
+        at,
+    }
 }
 
 async fn state(s: &Store, id: &str) -> State {
@@ -49,13 +55,28 @@ async fn state(s: &Store, id: &str) -> State {
 #[tokio::test]
 async fn idempotent_enqueue() {
     let (_d, s) = open().await;
-    assert_eq!(s.enqueue(new("a", "k1", 1, 10)).await.unwrap(), EnqueueOutcome::Created { id: "a".into() });
-    assert_eq!(s.enqueue(new("b", "k1", 1, 11)).await.unwrap(), EnqueueOutcome::Replay { id: "a".into() });
-    assert_eq!(s.enqueue(new("c", "k1", 2, 12)).await.unwrap(), EnqueueOutcome::Conflict);
+    assert_eq!(
+        s.enqueue(new("a", "k1", 1, 10)).await.unwrap(),
+        EnqueueOutcome::Created { id: "a".into() }
+    );
+    assert_eq!(
+        s.enqueue(new("b", "k1", 1, 11)).await.unwrap(),
+        EnqueueOutcome::Replay { id: "a".into() }
+    );
+    assert_eq!(
+        s.enqueue(new("c", "k1", 2, 12)).await.unwrap(),
+        EnqueueOutcome::Conflict
+    );
     let mut other_client = new("d", "k1", 2, 13);
     other_client.client = "other".into();
-    assert_eq!(s.enqueue(other_client).await.unwrap(), EnqueueOutcome::Created { id: "d".into() });
-    assert!(s.get("b").await.unwrap().is_none(), "a replay stores nothing");
+    assert_eq!(
+        s.enqueue(other_client).await.unwrap(),
+        EnqueueOutcome::Created { id: "d".into() }
+    );
+    assert!(
+        s.get("b").await.unwrap().is_none(),
+        "a replay stores nothing"
+    );
 }
 
 #[tokio::test]
@@ -65,14 +86,21 @@ async fn claim_submit_and_receipt_in_another_base() {
     s.enqueue(new("b", "k2", 1, 10)).await.unwrap();
     let c = s.claim("sms", 10, 20).await.unwrap();
     assert_eq!(c.len(), 2);
-    assert!(s.claim("sms", 10, 20).await.unwrap().is_empty(), "claimed once");
+    assert!(
+        s.claim("sms", 10, 20).await.unwrap().is_empty(),
+        "claimed once"
+    );
     assert_eq!(state(&s, "a").await, State::Sending);
     // hex in the response, decimal in the receipt
     s.finish(submitted("a", &["1A2B"], 30)).await.unwrap();
     // decimal in the response, hex with leading zeros in the receipt
     s.finish(submitted("b", &["6700"], 30)).await.unwrap();
-    s.receipt(receipt("6699", ReceiptStatus::Delivered, 40)).await.unwrap();
-    s.receipt(receipt("00001A2C", ReceiptStatus::Undeliverable, 40)).await.unwrap();
+    s.receipt(receipt("6699", ReceiptStatus::Delivered, 40))
+        .await
+        .unwrap();
+    s.receipt(receipt("00001A2C", ReceiptStatus::Undeliverable, 40))
+        .await
+        .unwrap();
     s.flush().await.unwrap();
     let a = s.get("a").await.unwrap().unwrap();
     assert_eq!(a.state, State::Delivered);
@@ -89,10 +117,14 @@ async fn multipart_needs_every_part() {
     s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
     s.claim("sms", 10, 20).await.unwrap();
     s.finish(submitted("a", &["p1", "p2"], 30)).await.unwrap();
-    s.receipt(receipt("p1", ReceiptStatus::Delivered, 40)).await.unwrap();
+    s.receipt(receipt("p1", ReceiptStatus::Delivered, 40))
+        .await
+        .unwrap();
     s.flush().await.unwrap();
     assert_eq!(state(&s, "a").await, State::Submitted);
-    s.receipt(receipt("P2", ReceiptStatus::Delivered, 41)).await.unwrap();
+    s.receipt(receipt("P2", ReceiptStatus::Delivered, 41))
+        .await
+        .unwrap();
     s.flush().await.unwrap();
     assert_eq!(state(&s, "a").await, State::Delivered);
 }
@@ -102,7 +134,9 @@ async fn receipt_before_submit_response_is_kept() {
     let (_d, s) = open().await;
     s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
     s.claim("sms", 10, 20).await.unwrap();
-    s.receipt(receipt("ff", ReceiptStatus::Delivered, 25)).await.unwrap();
+    s.receipt(receipt("ff", ReceiptStatus::Delivered, 25))
+        .await
+        .unwrap();
     s.flush().await.unwrap();
     assert_eq!(state(&s, "a").await, State::Sending);
     s.finish(submitted("a", &["255"], 30)).await.unwrap();
@@ -116,11 +150,17 @@ async fn cancel_only_before_submission() {
     s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
     s.enqueue(new("b", "k2", 1, 10)).await.unwrap();
     assert_eq!(s.cancel("a", 11).await.unwrap(), CancelOutcome::Cancelled);
-    assert_eq!(s.cancel("a", 12).await.unwrap(), CancelOutcome::Conflict(State::Cancelled));
+    assert_eq!(
+        s.cancel("a", 12).await.unwrap(),
+        CancelOutcome::Conflict(State::Cancelled)
+    );
     assert_eq!(s.cancel("zz", 12).await.unwrap(), CancelOutcome::NotFound);
     let c = s.claim("sms", 10, 20).await.unwrap();
     assert_eq!(c.len(), 1, "a cancelled delivery is never claimed");
-    assert_eq!(s.cancel("b", 21).await.unwrap(), CancelOutcome::Conflict(State::Sending));
+    assert_eq!(
+        s.cancel("b", 21).await.unwrap(),
+        CancelOutcome::Conflict(State::Sending)
+    );
 }
 
 #[tokio::test]
@@ -150,11 +190,21 @@ async fn sweep_expires_reconciles_and_times_out() {
     .await
     .unwrap();
     let mut quiet = submitted("quiet", &["q1"], 60);
-    quiet.result = FinishResult::Submitted { refs: vec!["q1".into()], receipt_due: Some(400) };
+    quiet.result = FinishResult::Submitted {
+        refs: vec!["q1".into()],
+        receipt_due: Some(400),
+    };
     s.finish(quiet).await.unwrap();
-    let p = SweepParams { now: 450, in_doubt_resend: true, max_attempts: 5 };
+    let p = SweepParams {
+        now: 450,
+        in_doubt_resend: true,
+        max_attempts: 5,
+    };
     let r = s.sweep(p).await.unwrap();
-    assert_eq!((r.expired, r.in_doubt_resent, r.receipts_timed_out), (1, 0, 1));
+    assert_eq!(
+        (r.expired, r.in_doubt_resent, r.receipts_timed_out),
+        (1, 0, 1)
+    );
     assert_eq!(state(&s, "exp").await, State::Expired);
     let q = s.get("quiet").await.unwrap().unwrap();
     assert_eq!(q.state, State::Submitted);
@@ -165,7 +215,10 @@ async fn sweep_expires_reconciles_and_times_out() {
     assert_eq!(state(&s, "doubt").await, State::Queued);
     let again = s.claim("sms", 10, 700).await.unwrap();
     assert_eq!(again.len(), 1);
-    assert_eq!(again[0].attempts, 1, "the in-doubt send counted as an attempt");
+    assert_eq!(
+        again[0].attempts, 1,
+        "the in-doubt send counted as an attempt"
+    );
 }
 
 #[tokio::test]
@@ -190,10 +243,16 @@ async fn pin_ciphertext_is_wiped_when_final() {
     s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
     s.claim("sms", 10, 20).await.unwrap();
     s.finish(submitted("a", &["r1"], 30)).await.unwrap();
-    s.receipt(receipt("r1", ReceiptStatus::Delivered, 40)).await.unwrap();
+    s.receipt(receipt("r1", ReceiptStatus::Delivered, 40))
+        .await
+        .unwrap();
     s.flush().await.unwrap();
     let conn = Connection::open(dir.path().join("t.db")).unwrap();
-    let ct: Option<Vec<u8>> = conn.query_row("SELECT pin_ct FROM deliveries WHERE id = 'a'", [], |r| r.get(0)).unwrap();
+    let ct: Option<Vec<u8>> = conn
+        .query_row("SELECT pin_ct FROM deliveries WHERE id = 'a'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
     assert!(ct.is_none());
 }
 

@@ -22,25 +22,56 @@ const EARLY_RECEIPT_TTL_MS: i64 = 3_600_000;
 pub(super) const IDEMPOTENCY_TTL_MS: i64 = 7 * 86_400_000;
 
 pub(super) enum Op {
-    Enqueue { new: Box<NewDelivery>, reply: oneshot::Sender<Result<EnqueueOutcome, StoreError>> },
-    Claim { channel: String, limit: usize, now: i64, reply: oneshot::Sender<Result<Vec<Claimed>, StoreError>> },
+    Enqueue {
+        new: Box<NewDelivery>,
+        reply: oneshot::Sender<Result<EnqueueOutcome, StoreError>>,
+    },
+    Claim {
+        channel: String,
+        limit: usize,
+        now: i64,
+        reply: oneshot::Sender<Result<Vec<Claimed>, StoreError>>,
+    },
     Finish(Box<Finish>),
     Receipt(Box<ReceiptIn>),
-    Cancel { id: String, now: i64, reply: oneshot::Sender<Result<CancelOutcome, StoreError>> },
-    Sweep { params: SweepParams, reply: oneshot::Sender<Result<SweepReport, StoreError>> },
-    Recover { now: i64, in_doubt_after_ms: i64, reply: oneshot::Sender<Result<usize, StoreError>> },
-    Release { ids: Vec<String>, now: i64, reply: oneshot::Sender<Result<(), StoreError>> },
-    Flush { reply: oneshot::Sender<()> },
+    Cancel {
+        id: String,
+        now: i64,
+        reply: oneshot::Sender<Result<CancelOutcome, StoreError>>,
+    },
+    Sweep {
+        params: SweepParams,
+        reply: oneshot::Sender<Result<SweepReport, StoreError>>,
+    },
+    Recover {
+        now: i64,
+        in_doubt_after_ms: i64,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    Release {
+        ids: Vec<String>,
+        now: i64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Flush {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// An answer held back until the batch commits.
 type Deferred = Box<dyn FnOnce(Option<&str>) + Send>;
 
-fn defer<T: Send + 'static>(reply: oneshot::Sender<Result<T, StoreError>>, value: Result<T, StoreError>) -> Deferred {
+fn defer<T: Send + 'static>(
+    reply: oneshot::Sender<Result<T, StoreError>>,
+    value: Result<T, StoreError>,
+) -> Deferred {
     Box::new(move |commit_error: Option<&str>| {
         let v = match commit_error {
             None => value,
-            Some(e) => Err(StoreError::Open { path: "commit".into(), message: e.to_owned() }),
+            Some(e) => Err(StoreError::Open {
+                path: "commit".into(),
+                message: e.to_owned(),
+            }),
         };
         let _ = reply.send(v);
     })
@@ -54,8 +85,13 @@ pub(super) struct Writer {
 
 impl Writer {
     pub(super) fn new(conn: Connection, wake: Arc<Wakers>) -> Result<Writer, StoreError> {
-        let early_receipts = conn.query_row("SELECT count(*) FROM early_receipts", [], |r| r.get(0))?;
-        Ok(Writer { conn, wake, early_receipts })
+        let early_receipts =
+            conn.query_row("SELECT count(*) FROM early_receipts", [], |r| r.get(0))?;
+        Ok(Writer {
+            conn,
+            wake,
+            early_receipts,
+        })
     }
 
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Op>) {
@@ -109,7 +145,10 @@ impl Writer {
     }
 
     /// Run `f` inside a savepoint; on error roll just it back.
-    fn savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn savepoint<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         self.conn.prepare_cached("SAVEPOINT op")?.execute([])?;
         match f(self) {
             Ok(v) => {
@@ -132,7 +171,12 @@ impl Writer {
                 }
                 deferred.push(defer(reply, r));
             }
-            Op::Claim { channel, limit, now, reply } => {
+            Op::Claim {
+                channel,
+                limit,
+                now,
+                reply,
+            } => {
                 let r = self.savepoint(|w| w.claim(&channel, limit, now));
                 deferred.push(defer(reply, r));
             }
@@ -154,7 +198,11 @@ impl Writer {
                 let r = self.savepoint(|w| w.sweep(params, pokes));
                 deferred.push(defer(reply, r));
             }
-            Op::Recover { now, in_doubt_after_ms, reply } => {
+            Op::Recover {
+                now,
+                in_doubt_after_ms,
+                reply,
+            } => {
                 let r = self.savepoint(|w| w.recover(now, in_doubt_after_ms));
                 deferred.push(defer(reply, r));
             }
@@ -171,8 +219,12 @@ impl Writer {
     fn enqueue(&mut self, n: &NewDelivery) -> Result<EnqueueOutcome, StoreError> {
         let existing: Option<(Vec<u8>, String)> = self
             .conn
-            .prepare_cached("SELECT fingerprint, delivery_id FROM idempotency WHERE client = ?1 AND key = ?2")?
-            .query_row(params![n.client, n.idempotency_key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .prepare_cached(
+                "SELECT fingerprint, delivery_id FROM idempotency WHERE client = ?1 AND key = ?2",
+            )?
+            .query_row(params![n.client, n.idempotency_key], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
         if let Some((fp, id)) = existing {
             return Ok(if fp.as_slice() == n.fingerprint.as_slice() {
@@ -205,7 +257,13 @@ impl Writer {
                 "INSERT INTO idempotency (client, key, fingerprint, delivery_id, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![n.client, n.idempotency_key, n.fingerprint.as_slice(), n.id, n.now])?;
+            .execute(params![
+                n.client,
+                n.idempotency_key,
+                n.fingerprint.as_slice(),
+                n.id,
+                n.now
+            ])?;
         Ok(EnqueueOutcome::Created { id: n.id.clone() })
     }
 
@@ -260,7 +318,10 @@ impl Writer {
 
     fn finish(&mut self, f: &Finish) -> Result<(), StoreError> {
         match &f.result {
-            FinishResult::Submitted { refs: provider_refs, receipt_due } => {
+            FinishResult::Submitted {
+                refs: provider_refs,
+                receipt_due,
+            } => {
                 let is_final = receipt_due.is_none();
                 let seq: Option<i64> = self
                     .conn
@@ -271,11 +332,22 @@ impl Writer {
                             last_error = NULL, updated_at = ?4
                          WHERE id = ?1 AND state = 'sending' RETURNING attempts",
                     )?
-                    .query_row(params![f.id, receipt_due, is_final, f.finished_at], |r| r.get(0))
+                    .query_row(params![f.id, receipt_due, is_final, f.finished_at], |r| {
+                        r.get(0)
+                    })
                     .optional()?;
                 let Some(seq) = seq else { return Ok(()) };
                 let joined = provider_refs.join(",");
-                self.insert_attempt(&f.id, seq, &f.channel, f.started_at, None, "submitted", Some(&joined), None)?;
+                self.insert_attempt(
+                    &f.id,
+                    seq,
+                    &f.channel,
+                    f.started_at,
+                    None,
+                    "submitted",
+                    Some(&joined),
+                    None,
+                )?;
                 if is_final {
                     return Ok(());
                 }
@@ -293,7 +365,12 @@ impl Writer {
                     }
                 }
             }
-            FinishResult::Attempted { outcome, error, next, next_attempt_at } => {
+            FinishResult::Attempted {
+                outcome,
+                error,
+                next,
+                next_attempt_at,
+            } => {
                 let terminal = next.is_terminal();
                 let seq: Option<i64> = self
                     .conn
@@ -321,7 +398,10 @@ impl Writer {
                     )?;
                 }
             }
-            FinishResult::NotAttempted { error, next_attempt_at } => {
+            FinishResult::NotAttempted {
+                error,
+                next_attempt_at,
+            } => {
                 self.conn
                     .prepare_cached(
                         "UPDATE deliveries SET state = 'queued', next_attempt_at = ?2, last_error = ?3,
@@ -344,7 +424,11 @@ impl Writer {
     }
 
     /// The part a receipt speaks of: exact key, then hex read as decimal either way.
-    fn find_part(&mut self, channel: &str, raw: &str) -> Result<Option<(i64, String, i64)>, StoreError> {
+    fn find_part(
+        &mut self,
+        channel: &str,
+        raw: &str,
+    ) -> Result<Option<(i64, String, i64)>, StoreError> {
         let k = refs::key(raw);
         let exact = self
             .conn
@@ -368,7 +452,9 @@ impl Writer {
         if by_alt.is_some() {
             return Ok(by_alt);
         }
-        let Some(dec) = refs::hex_as_decimal(raw) else { return Ok(None) };
+        let Some(dec) = refs::hex_as_decimal(raw) else {
+            return Ok(None);
+        };
         Ok(self
             .conn
             .prepare_cached(
@@ -409,17 +495,38 @@ impl Writer {
                 "SELECT sum(status IS NULL), sum(status = 'delivered'), sum(status = 'unknown')
                  FROM message_parts WHERE delivery_id = ?1 AND attempt_seq = ?2",
             )?
-            .query_row(params![delivery_id, seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        let failed_now = matches!(r.status, ReceiptStatus::Undeliverable | ReceiptStatus::Expired);
+            .query_row(params![delivery_id, seq], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+        let failed_now = matches!(
+            r.status,
+            ReceiptStatus::Undeliverable | ReceiptStatus::Expired
+        );
         if pending > 0 && !failed_now {
             return Ok(());
         }
-        let err_text = r.error_code.as_deref().map(|c| format!(" (error {c})")).unwrap_or_default();
+        let err_text = r
+            .error_code
+            .as_deref()
+            .map(|c| format!(" (error {c})"))
+            .unwrap_or_default();
         let (state, outcome, error): (State, &str, Option<String>) = if failed_now {
-            let what = if r.status == ReceiptStatus::Expired { "expired" } else { "undeliverable" };
-            (State::Failed, what, Some(format!("receipt: {what}{err_text}")))
+            let what = if r.status == ReceiptStatus::Expired {
+                "expired"
+            } else {
+                "undeliverable"
+            };
+            (
+                State::Failed,
+                what,
+                Some(format!("receipt: {what}{err_text}")),
+            )
         } else if unknown > 0 || delivered == 0 {
-            (State::Submitted, "unknown", Some(format!("receipt: outcome unknown{err_text}")))
+            (
+                State::Submitted,
+                "unknown",
+                Some(format!("receipt: outcome unknown{err_text}")),
+            )
         } else {
             (State::Delivered, "delivered", None)
         };
@@ -455,10 +562,16 @@ impl Writer {
                  WHERE channel = ?1 AND (ref_key = ?2 OR alt_key = ?2 OR ref_key = ?3)
                  ORDER BY rowid LIMIT 1",
             )?
-            .query_row(params![channel, k, alt], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_row(params![channel, k, alt], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
             .optional()?;
-        let Some((rowid, status, error_code, at)) = found else { return Ok(()) };
-        self.conn.prepare_cached("DELETE FROM early_receipts WHERE rowid = ?1")?.execute(params![rowid])?;
+        let Some((rowid, status, error_code, at)) = found else {
+            return Ok(());
+        };
+        self.conn
+            .prepare_cached("DELETE FROM early_receipts WHERE rowid = ?1")?
+            .execute(params![rowid])?;
         self.early_receipts -= 1;
         let receipt = ReceiptIn {
             channel: channel.to_owned(),
@@ -492,7 +605,11 @@ impl Writer {
         })
     }
 
-    fn sweep(&mut self, p: SweepParams, pokes: &mut Vec<String>) -> Result<SweepReport, StoreError> {
+    fn sweep(
+        &mut self,
+        p: SweepParams,
+        pokes: &mut Vec<String>,
+    ) -> Result<SweepReport, StoreError> {
         let now = p.now;
         let mut rep = SweepReport {
             expired: self
@@ -573,7 +690,9 @@ impl Writer {
                     last_error = 'pinpost stopped while the send was in flight'
                  WHERE state = 'sending' RETURNING id, channel, attempts",
             )?;
-            let rows = st.query_map(params![now, in_doubt_after_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let rows = st.query_map(params![now, in_doubt_after_ms], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
             rows.collect::<Result<_, _>>()?
         };
         for (id, channel, seq) in &rows {
@@ -591,7 +710,12 @@ impl Writer {
         Ok(rows.len())
     }
 
-    fn release(&mut self, ids: &[String], now: i64, pokes: &mut Vec<String>) -> Result<(), StoreError> {
+    fn release(
+        &mut self,
+        ids: &[String],
+        now: i64,
+        pokes: &mut Vec<String>,
+    ) -> Result<(), StoreError> {
         for id in ids {
             let ch: Option<String> = self
                 .conn
@@ -626,7 +750,10 @@ fn status_from_part(s: &str) -> ReceiptStatus {
 }
 
 fn fail_op(op: Op, msg: &str) {
-    let err = || StoreError::Open { path: "transaction".into(), message: msg.to_owned() };
+    let err = || StoreError::Open {
+        path: "transaction".into(),
+        message: msg.to_owned(),
+    };
     match op {
         Op::Enqueue { reply, .. } => {
             let _ = reply.send(Err(err()));

@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `pinpost` binary as daemon and as loopback SMSC, over
+//! loopback TCP, with temp state directories.
+
+mod api;
+mod cli;
+mod delivery;
+mod harness;

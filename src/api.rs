@@ -313,12 +313,12 @@ async fn create_delivery(
             ));
         }
     }
-    if let Some(p) = &req.payee {
-        if p.is_empty() || p.chars().count() > 64 || p.chars().any(char::is_control) {
-            return Err(ApiError::invalid(
-                "payee must be 1 to 64 characters without control characters",
-            ));
-        }
+    if let Some(p) = &req.payee
+        && (p.is_empty() || p.chars().count() > 64 || p.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid(
+            "payee must be 1 to 64 characters without control characters",
+        ));
     }
     let now = now_ms();
     let expires_at = match &req.expires_at {

@@ -2,14 +2,14 @@
 //! registered, keyed by phone number.
 //!
 //! Layout:
-//! - [`config`]: typed TOML config, env overrides, validation (`pinpost check-config`).
-//! - [`api`]: the HTTP API (axum).
-//! - [`store`]: SQLite storage with a group-committing writer thread.
-//! - [`dispatch`]: per-channel dispatchers, receipts, time-driven transitions.
-//! - [`crypto`]: the PIN key, AEAD at rest, keyed fingerprints.
-//! - [`template`]: message texts.
-//! - [`telemetry`]: logging.
-//! - [`run`]: the daemon, wired from a [`config::Config`] and a shutdown token.
+//! - [`config`] — typed TOML config, env overrides, validation (`pinpost check-config`).
+//! - [`api`] — the HTTP API (axum).
+//! - [`store`] — SQLite storage with a group-committing writer thread.
+//! - [`dispatch`] — per-channel dispatchers, receipts, time-driven transitions.
+//! - [`crypto`] — the PIN key, AEAD at rest, keyed fingerprints.
+//! - [`template`] — message texts.
+//! - [`telemetry`] — logging.
+//! - [`run`] — the daemon, wired from a [`config::Config`] and a shutdown token.
 
 pub mod api;
 pub mod config;

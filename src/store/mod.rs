@@ -1,11 +1,11 @@
 //! Durable delivery storage on SQLite (WAL).
 //!
 //! Layout:
-//! - [`model`]: the delivery state enum and the rows the rest of the daemon sees.
-//! - [`writer`]: one OS thread owns the write connection and applies operations in
+//! - [`model`] — the delivery state enum and the rows the rest of the daemon sees.
+//! - [`writer`] — one OS thread owns the write connection and applies operations in
 //!   batches, one transaction (one fsync) per batch: group commit. An enqueue is answered
 //!   only after the commit that holds it, so `202` means "on disk".
-//! - [`refs`]: normalisation of provider references for receipt correlation.
+//! - [`refs`] — normalisation of provider references for receipt correlation.
 //! - this file: the [`Store`] handle, migrations and the read side (a small pool of
 //!   read-only connections; WAL lets them read while the writer commits).
 

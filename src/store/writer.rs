@@ -77,6 +77,18 @@ fn defer<T: Send + 'static>(
     })
 }
 
+/// One row of `attempts`.
+struct Attempt<'a> {
+    id: &'a str,
+    seq: i64,
+    channel: &'a str,
+    started_at: i64,
+    finished_at: Option<i64>,
+    outcome: &'a str,
+    provider_ref: Option<&'a str>,
+    error: Option<&'a str>,
+}
+
 pub(super) struct Writer {
     conn: Connection,
     wake: Arc<Wakers>,
@@ -295,17 +307,17 @@ impl Writer {
         Ok(out)
     }
 
-    fn insert_attempt(
-        &mut self,
-        id: &str,
-        seq: i64,
-        channel: &str,
-        started_at: i64,
-        finished_at: Option<i64>,
-        outcome: &str,
-        provider_ref: Option<&str>,
-        error: Option<&str>,
-    ) -> Result<(), StoreError> {
+    fn insert_attempt(&mut self, a: Attempt<'_>) -> Result<(), StoreError> {
+        let Attempt {
+            id,
+            seq,
+            channel,
+            started_at,
+            finished_at,
+            outcome,
+            provider_ref,
+            error,
+        } = a;
         self.conn
             .prepare_cached(
                 "INSERT OR REPLACE INTO attempts
@@ -338,16 +350,16 @@ impl Writer {
                     .optional()?;
                 let Some(seq) = seq else { return Ok(()) };
                 let joined = provider_refs.join(",");
-                self.insert_attempt(
-                    &f.id,
+                self.insert_attempt(Attempt {
+                    id: &f.id,
                     seq,
-                    &f.channel,
-                    f.started_at,
-                    None,
-                    "submitted",
-                    Some(&joined),
-                    None,
-                )?;
+                    channel: &f.channel,
+                    started_at: f.started_at,
+                    finished_at: None,
+                    outcome: "submitted",
+                    provider_ref: Some(&joined),
+                    error: None,
+                })?;
                 if is_final {
                     return Ok(());
                 }
@@ -386,16 +398,16 @@ impl Writer {
                     )
                     .optional()?;
                 if let Some(seq) = seq {
-                    self.insert_attempt(
-                        &f.id,
+                    self.insert_attempt(Attempt {
+                        id: &f.id,
                         seq,
-                        &f.channel,
-                        f.started_at,
-                        Some(f.finished_at),
-                        outcome.as_str(),
-                        None,
-                        Some(error),
-                    )?;
+                        channel: &f.channel,
+                        started_at: f.started_at,
+                        finished_at: Some(f.finished_at),
+                        outcome: outcome.as_str(),
+                        provider_ref: None,
+                        error: Some(error),
+                    })?;
                 }
             }
             FinishResult::NotAttempted {
@@ -696,16 +708,16 @@ impl Writer {
             rows.collect::<Result<_, _>>()?
         };
         for (id, channel, seq) in &rows {
-            self.insert_attempt(
+            self.insert_attempt(Attempt {
                 id,
-                *seq,
+                seq: *seq,
                 channel,
-                now,
-                Some(now),
-                "in_doubt",
-                None,
-                Some("pinpost stopped while the send was in flight"),
-            )?;
+                started_at: now,
+                finished_at: Some(now),
+                outcome: "in_doubt",
+                provider_ref: None,
+                error: Some("pinpost stopped while the send was in flight"),
+            })?;
         }
         Ok(rows.len())
     }

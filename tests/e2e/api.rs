@@ -37,7 +37,9 @@ fn bad_requests_get_clear_errors_and_store_nothing() {
         r#"{{"msisdn": "+819012345678", "pin": "4921773055614410", "payee": "{}"}}"#,
         "x".repeat(20_000)
     );
-    let cases: Vec<(Option<&str>, Option<&str>, String, u16, &str)> = vec![
+    // (token, idempotency key, body, status, error code)
+    type Case<'a> = (Option<&'a str>, Option<&'a str>, String, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (None, Some("k"), ok_body.clone(), 401, "unauthorized"),
         (Some("wrong-token-wrong-token"), Some("k"), ok_body.clone(), 401, "unauthorized"),
         (Some(d.token.as_str()), None, ok_body.clone(), 400, "idempotency_key_required"),

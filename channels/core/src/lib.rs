@@ -3,7 +3,7 @@
 //! Layout:
 //! - this file: [`Channel`], the message handed to a driver ([`OutboundMessage`]), what a
 //!   driver answers ([`Accepted`], [`SendError`]), what it reports later ([`Receipt`]).
-//! - [`testkit`]: checks every driver must pass against a peer (fake or real).
+//! - [`testkit`] — checks every driver must pass against a peer (fake or real).
 //!
 //! A driver never sees the queue, the database or the HTTP API. It gets a rendered message
 //! whose body is a [`SecretString`] (it carries the PIN), submits it to its peer and says
@@ -156,7 +156,9 @@ impl SendError {
 pub enum Health {
     Up,
     /// Connecting, binding, or waiting to reconnect.
-    Down { reason: String },
+    Down {
+        reason: String,
+    },
 }
 
 impl Health {

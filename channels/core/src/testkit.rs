@@ -38,21 +38,33 @@ where
 {
     let caps = channel.capabilities().clone();
     assert!(caps.window >= 1, "window must allow one send");
-    assert!(caps.max_body_chars >= 16, "a channel must carry at least a PIN");
+    assert!(
+        caps.max_body_chars >= 16,
+        "a channel must carry at least a PIN"
+    );
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !channel.health().await.is_up() {
-        assert!(tokio::time::Instant::now() < deadline, "channel never came up");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "channel never came up"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     let text = format!("Your PIN {CANARY_PIN}");
     let msg = message("testkit-1", address, &text);
     let debug = format!("{msg:?}");
-    assert!(!debug.contains(CANARY_PIN), "Debug of a message shows its body");
+    assert!(
+        !debug.contains(CANARY_PIN),
+        "Debug of a message shows its body"
+    );
 
     let accepted = channel.send(&msg).await.expect("send to a healthy peer");
-    assert!(!accepted.provider_refs.is_empty(), "accepted without a reference");
+    assert!(
+        !accepted.provider_refs.is_empty(),
+        "accepted without a reference"
+    );
     assert!(
         accepted.provider_refs.iter().all(|r| !r.is_empty()),
         "an empty provider reference"
@@ -64,13 +76,22 @@ where
         if received(text.clone()).await {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "peer never showed the message");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "peer never showed the message"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // Two sends in a row get distinct references.
-    let a = channel.send(&message("testkit-2", address, "one")).await.expect("send");
-    let b = channel.send(&message("testkit-3", address, "two")).await.expect("send");
+    let a = channel
+        .send(&message("testkit-2", address, "one"))
+        .await
+        .expect("send");
+    let b = channel
+        .send(&message("testkit-3", address, "two"))
+        .await
+        .expect("send");
     assert_ne!(a.provider_refs, b.provider_refs, "references repeat");
 
     channel.shutdown().await;

@@ -1,0 +1,1 @@
+//! E-mail channel for pinpost: SMTP submission of OpenPGP-encrypted PIN notices

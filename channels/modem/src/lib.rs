@@ -1,0 +1,1 @@
+//! AT-command engine shared by pinpost's fax and TAP pager drivers

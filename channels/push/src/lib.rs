@@ -1,0 +1,1 @@
+//! Car-navigation push channel for pinpost: MQTT 5 to telematics brokers

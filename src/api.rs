@@ -55,6 +55,8 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     pub pin_min: usize,
     pub pin_max: usize,
+    /// Region for national-format numbers in the subscriber registry (e.g. "JP").
+    pub default_region: Option<String>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -63,6 +65,20 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/v1/deliveries/{id}",
             get(get_delivery).delete(cancel_delivery),
+        )
+        .route(
+            "/v1/subscribers/{msisdn}",
+            get(get_subscriber)
+                .put(put_subscriber)
+                .delete(delete_subscriber),
+        )
+        .route(
+            "/v1/subscribers/{msisdn}/devices",
+            axum::routing::post(add_device),
+        )
+        .route(
+            "/v1/subscribers/{msisdn}/devices/{id}",
+            axum::routing::delete(remove_device),
         )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -399,6 +415,7 @@ fn delivery_json(d: &DeliveryView) -> serde_json::Value {
         .map(|a| {
             json!({
                 "seq": a.seq,
+                "step": a.step,
                 "channel": a.channel,
                 "started_at": rfc3339(a.started_at),
                 "finished_at": a.finished_at.map(rfc3339),
@@ -422,6 +439,16 @@ fn delivery_json(d: &DeliveryView) -> serde_json::Value {
         "payee": d.payee,
         "expires_at": d.expires_at.map(rfc3339),
         "last_error": d.last_error,
+        "steps": d.steps.iter().map(|st| json!({
+            "step": st.step,
+            "kind": st.kind,
+            "address": st.address,
+            "channel": st.channel,
+            "outcome": st.outcome,
+            "reason": st.reason,
+            "started_at": st.started_at.map(rfc3339),
+            "ended_at": st.ended_at.map(rfc3339),
+        })).collect::<Vec<_>>(),
         "attempts": attempts,
         "created_at": rfc3339(d.created_at),
         "updated_at": rfc3339(d.updated_at),
@@ -481,6 +508,236 @@ async fn cancel_delivery(
                 s.as_str()
             ),
         )),
+    }
+}
+
+fn require_admin(client: &Client) -> Result<(), ApiError> {
+    if client.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this needs an admin token",
+        ))
+    }
+}
+
+fn subscriber_msisdn(state: &ApiState, raw: &str) -> Result<String, ApiError> {
+    crate::registry::normalize_msisdn(raw, state.default_region.as_deref())
+        .map_err(|e| ApiError::invalid(format!("msisdn: {e}")))
+}
+
+fn subscriber_json(s: &crate::registry::Subscriber) -> serde_json::Value {
+    json!({
+        "msisdn": s.msisdn,
+        "name": s.name,
+        "devices": s.devices.iter().map(device_json).collect::<Vec<_>>(),
+        "created_at": rfc3339(s.created_at),
+        "updated_at": rfc3339(s.updated_at),
+    })
+}
+
+fn device_json(d: &crate::registry::Device) -> serde_json::Value {
+    json!({
+        "id": d.id,
+        "kind": d.kind,
+        "address": d.address,
+        "priority": d.priority,
+        "step_timeout": d.step_timeout_ms.map(|ms| crate::config::format_duration(std::time::Duration::from_millis(ms as u64))),
+        "options": d.options,
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PutSubscriber {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddDevice {
+    kind: String,
+    address: String,
+    #[serde(default)]
+    priority: Option<i64>,
+    #[serde(default)]
+    step_timeout: Option<String>,
+    #[serde(default)]
+    options: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+async fn put_subscriber(
+    AxState(state): AxState<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_admin(&authenticate(&state, &headers)?)?;
+    let msisdn = subscriber_msisdn(&state, &raw)?;
+    let bytes = read_body(&state, &headers, body).await?;
+    let req: PutSubscriber = if bytes.iter().all(u8::is_ascii_whitespace) {
+        PutSubscriber::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| describe_json_error(&e))?
+    };
+    if let Some(n) = &req.name
+        && (n.chars().count() > 128 || n.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid(
+            "name must be at most 128 characters without control characters",
+        ));
+    }
+    let now = now_ms();
+    let m = msisdn.clone();
+    let created = state
+        .store
+        .write(move |c| crate::registry::put_subscriber(c, &m, req.name.as_deref(), now))
+        .await
+        .map_err(ApiError::unavailable)?;
+    let s = state
+        .store
+        .read(move |c| crate::registry::read_subscriber(c, &msisdn))
+        .await
+        .map_err(ApiError::unavailable)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such subscriber"))?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(subscriber_json(&s))).into_response())
+}
+
+async fn get_subscriber(
+    AxState(state): AxState<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    require_admin(&authenticate(&state, &headers)?)?;
+    let msisdn = subscriber_msisdn(&state, &raw)?;
+    match state
+        .store
+        .read(move |c| crate::registry::read_subscriber(c, &msisdn))
+        .await
+        .map_err(ApiError::unavailable)?
+    {
+        Some(s) => Ok(axum::Json(subscriber_json(&s)).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such subscriber",
+        )),
+    }
+}
+
+async fn delete_subscriber(
+    AxState(state): AxState<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    require_admin(&authenticate(&state, &headers)?)?;
+    let msisdn = subscriber_msisdn(&state, &raw)?;
+    let gone = state
+        .store
+        .write(move |c| crate::registry::delete_subscriber(c, &msisdn))
+        .await
+        .map_err(ApiError::unavailable)?;
+    if gone {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such subscriber",
+        ))
+    }
+}
+
+async fn add_device(
+    AxState(state): AxState<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_admin(&authenticate(&state, &headers)?)?;
+    let msisdn = subscriber_msisdn(&state, &raw)?;
+    let bytes = read_body(&state, &headers, body).await?;
+    let req: AddDevice = serde_json::from_slice(&bytes).map_err(|e| describe_json_error(&e))?;
+    let address = crate::registry::normalize_address(
+        &req.kind,
+        &req.address,
+        state.default_region.as_deref(),
+    )
+    .map_err(|e| {
+        ApiError::invalid(format!(
+            "{}: {e}",
+            if crate::registry::KINDS.contains(&req.kind.as_str()) {
+                "address"
+            } else {
+                "kind"
+            }
+        ))
+    })?;
+    if req.priority.is_some_and(|p| !(0..=1_000_000).contains(&p)) {
+        return Err(ApiError::invalid("priority must be between 0 and 1000000"));
+    }
+    let step_timeout_ms = match &req.step_timeout {
+        None => None,
+        Some(t) => {
+            let d = crate::config::parse_duration(t)
+                .map_err(|e| ApiError::invalid(format!("step_timeout: {e}")))?;
+            if d.is_zero() {
+                return Err(ApiError::invalid("step_timeout must be positive"));
+            }
+            Some(d.as_millis() as i64)
+        }
+    };
+    let dev = crate::registry::NewDevice {
+        kind: req.kind,
+        address,
+        priority: req.priority,
+        step_timeout_ms,
+        options: req.options.map(serde_json::Value::Object),
+    };
+    let now = now_ms();
+    let added = state
+        .store
+        .write(move |c| crate::registry::add_device(c, &msisdn, &dev, now))
+        .await
+        .map_err(ApiError::unavailable)?;
+    match added {
+        Some(d) => Ok((StatusCode::CREATED, axum::Json(device_json(&d))).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such subscriber",
+        )),
+    }
+}
+
+async fn remove_device(
+    AxState(state): AxState<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path((raw, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    require_admin(&authenticate(&state, &headers)?)?;
+    let msisdn = subscriber_msisdn(&state, &raw)?;
+    let gone = state
+        .store
+        .write(move |c| crate::registry::remove_device(c, &msisdn, &id))
+        .await
+        .map_err(ApiError::unavailable)?;
+    if gone {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such device",
+        ))
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Config {
     #[serde(default)]
     pub pin: PinConfig,
     #[serde(default)]
+    pub registry: RegistryConfig,
+    #[serde(default)]
     pub log: LogConfig,
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelConfig>,
@@ -151,6 +153,10 @@ pub struct DeliveryConfig {
     /// unknown and the delivery stops waiting.
     #[serde(default = "default_receipt_timeout", with = "humantime_serde")]
     pub receipt_timeout: Duration,
+    /// How long a step of a delivery plan waits for its receipt before the next registered
+    /// device is tried, for devices registered without their own `step_timeout`.
+    #[serde(default = "default_step_timeout", with = "humantime_serde")]
+    pub step_timeout: Duration,
     /// How long in-flight sends may take to finish on shutdown.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -174,6 +180,9 @@ fn default_in_doubt_after() -> Duration {
 fn default_receipt_timeout() -> Duration {
     Duration::from_secs(48 * 3600)
 }
+fn default_step_timeout() -> Duration {
+    Duration::from_secs(300)
+}
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -190,6 +199,7 @@ impl Default for DeliveryConfig {
             in_doubt_action: InDoubtAction::default(),
             in_doubt_after: default_in_doubt_after(),
             receipt_timeout: default_receipt_timeout(),
+            step_timeout: default_step_timeout(),
             drain_timeout: default_drain_timeout(),
             utc_offset: default_utc_offset(),
         }
@@ -202,6 +212,16 @@ pub enum InDoubtAction {
     #[default]
     Resend,
     Fail,
+}
+
+/// The subscriber registry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// ISO 3166 region (e.g. "JP") for numbers given in national format; absent: only
+    /// international formats (+81...) are accepted.
+    #[serde(default)]
+    pub default_region: Option<String>,
 }
 
 /// What the API accepts as a PIN.
@@ -461,6 +481,7 @@ impl Config {
             },
             delivery: DeliveryConfig::default(),
             pin: PinConfig::default(),
+            registry: RegistryConfig::default(),
             log: LogConfig::default(),
             channels: vec![ChannelConfig::Smpp(SmppChannelConfig {
                 id: "sms".into(),
@@ -583,6 +604,14 @@ impl Config {
             ));
         }
         self.utc_offset()?;
+        if let Some(r) = &self.registry.default_region
+            && r.parse::<phonenumber::country::Id>().is_err()
+        {
+            return Err(ConfigError::invalid(
+                "registry.default_region",
+                format!("{r:?} is not an ISO 3166 region code such as \"JP\""),
+            ));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.filter)
             .map_err(|e| ConfigError::invalid("log.filter", e))?;
         if self.channels.is_empty() {

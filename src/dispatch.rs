@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pinpost_channel_core::{Channel, OutboundMessage, Receipt, SendError};
+use pinpost_channel_core::{Channel, DurableReceipt, OutboundMessage, SendError};
 use rand::Rng;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -180,7 +180,7 @@ async fn send_one(ctx: &Ctx, route: &Route, c: Claimed) {
     drop(pin);
     let msg = OutboundMessage {
         delivery_id: c.id.clone(),
-        address: c.msisdn.clone(),
+        address: c.address.clone(),
         body,
         expires_at: c.expires_at.and_then(|e| {
             time::OffsetDateTime::from_unix_timestamp_nanos(e as i128 * 1_000_000).ok()
@@ -193,9 +193,9 @@ async fn send_one(ctx: &Ctx, route: &Route, c: Claimed) {
     let result = match result {
         Ok(acc) => FinishResult::Submitted {
             refs: acc.provider_refs,
-            receipt_due: acc
+            receipt_timeout_ms: acc
                 .receipt_expected
-                .then(|| now + cfg.receipt_timeout.as_millis() as i64),
+                .then_some(cfg.receipt_timeout.as_millis() as i64),
         },
         Err(SendError::Throttled { retry_after }) => FinishResult::NotAttempted {
             error: "throttled by the peer".into(),
@@ -262,9 +262,10 @@ async fn record(ctx: &Ctx, f: Finish, attempts_before: u32) {
     }
 }
 
-/// Feed receipts from every driver into the store.
-pub async fn run_receipts(store: Store, mut rx: mpsc::Receiver<Receipt>) {
-    while let Some(r) = rx.recv().await {
+/// Feed receipts from every driver into the store; each is acknowledged to its driver once
+/// committed.
+pub async fn run_receipts(store: Store, mut rx: mpsc::Receiver<DurableReceipt>) {
+    while let Some(DurableReceipt { receipt: r, stored }) = rx.recv().await {
         tracing::debug!(channel = %r.channel, status = ?r.status, "receipt");
         let at = (r.received_at.unix_timestamp_nanos() / 1_000_000) as i64;
         let receipt = ReceiptIn {
@@ -274,7 +275,7 @@ pub async fn run_receipts(store: Store, mut rx: mpsc::Receiver<Receipt>) {
             error_code: r.error_code,
             at,
         };
-        if store.receipt(receipt).await.is_err() {
+        if store.receipt_acked(receipt, Some(stored)).await.is_err() {
             break;
         }
     }

@@ -15,6 +15,7 @@ pub mod api;
 pub mod config;
 pub mod crypto;
 pub mod dispatch;
+pub mod registry;
 pub mod store;
 pub mod telemetry;
 pub mod template;
@@ -25,7 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pinpost_channel_core::{Channel, ChannelId, ReceiptSink, SecretString};
+use pinpost_channel_core::{Channel, ChannelId, DurableReceiptSink, SecretString};
 use pinpost_smpp::client::{SmppChannel, SmppConfig};
 use pinpost_smpp::sim::{SimConfig, Smsc};
 use sha2::{Digest, Sha256};
@@ -184,10 +185,27 @@ pub fn smpp_config(
     Ok(sc)
 }
 
+/// Which channel serves each device kind: the first configured channel of that kind.
+pub fn plan_settings(config: &Config) -> store::PlanSettings {
+    let mut routes = std::collections::HashMap::new();
+    for c in &config.channels {
+        let kind = match c {
+            ChannelConfig::Smpp(_) => "sms",
+        };
+        routes
+            .entry(kind.to_owned())
+            .or_insert_with(|| c.id().to_owned());
+    }
+    store::PlanSettings {
+        routes,
+        default_step_timeout_ms: config.delivery.step_timeout.as_millis() as i64,
+    }
+}
+
 /// Build every configured channel: one exhaustive match per kind.
 async fn build_channel(
     cfg: &ChannelConfig,
-    receipts: ReceiptSink,
+    receipts: DurableReceiptSink,
     background: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(Arc<dyn Channel>, template::Template), RunError> {
@@ -223,7 +241,7 @@ async fn build_channel(
                 c.url.clone()
             };
             let sc = smpp_config(c, url, smpp_password(c)?)?;
-            let ch = SmppChannel::start(sc, receipts);
+            let ch = SmppChannel::start_durable(sc, receipts);
             Ok((Arc::new(ch) as Arc<dyn Channel>, template))
         }
     }
@@ -243,7 +261,7 @@ pub async fn run(
     )?;
     let clients = load_clients(&config)?;
     let db_path = config.storage_path()?;
-    let store = Store::open(&db_path, config.storage.durability)?;
+    let store = Store::open(&db_path, config.storage.durability, plan_settings(&config))?;
     let in_doubt = store
         .recover(now_ms(), config.delivery.in_doubt_after.as_millis() as i64)
         .await?;
@@ -280,6 +298,7 @@ pub async fn run(
         max_body_bytes: config.api.max_body_bytes,
         pin_min: config.pin.min_length,
         pin_max: config.pin.max_length,
+        default_region: config.registry.default_region.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await

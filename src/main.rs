@@ -52,11 +52,86 @@ enum Command {
     /// Enqueue a delivery through the HTTP API. The PIN is read from a file or stdin,
     /// never from the command line.
     Enqueue(EnqueueArgs),
+    /// Manage subscribers (on the database named by the config).
+    #[command(subcommand)]
+    Subscriber(SubscriberCmd),
+    /// Manage a subscriber's devices.
+    #[command(subcommand)]
+    Device(DeviceCmd),
+    /// Bulk loads.
+    #[command(subcommand)]
+    Import(ImportCmd),
     /// Show a delivery.
     Status {
         id: String,
         #[command(flatten)]
         api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum SubscriberCmd {
+    /// Create a subscriber (or rename one).
+    Add {
+        msisdn: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print a subscriber and its devices as JSON.
+    Show {
+        msisdn: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Remove a subscriber and its devices.
+    Remove {
+        msisdn: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCmd {
+    /// Register a device for a subscriber.
+    Add {
+        msisdn: String,
+        /// sms, ussd, pager, fax, email or carnav.
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        address: String,
+        /// Lower goes first; default: after the existing devices.
+        #[arg(long)]
+        priority: Option<i64>,
+        /// How long to wait for this device's receipt before the next one, e.g. 2m.
+        #[arg(long, value_parser = parse_duration)]
+        step_timeout: Option<Duration>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Remove a device by id.
+    Remove {
+        msisdn: String,
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportCmd {
+    /// Load subscribers and devices from CSV: header msisdn,name,kind,address,priority,step_timeout.
+    /// Every row is checked first; with any bad row nothing is imported unless --partial.
+    Subscribers {
+        file: PathBuf,
+        /// Import the good rows even when some are rejected.
+        #[arg(long)]
+        partial: bool,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -262,6 +337,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Enqueue(a) => enqueue(a),
+        Command::Subscriber(c) => runtime()?.block_on(subscriber_cmd(c)),
+        Command::Device(c) => runtime()?.block_on(device_cmd(c)),
+        Command::Import(ImportCmd::Subscribers {
+            file,
+            partial,
+            config,
+        }) => runtime()?.block_on(import_subscribers(file, partial, config)),
         Command::Status { id, api } => {
             let token = read_token(&api.token_file)?;
             let url = format!("{}/v1/deliveries/{}", api.url.trim_end_matches('/'), id);
@@ -348,4 +430,159 @@ async fn signals(shutdown: CancellationToken) {
         let _ = tokio::signal::ctrl_c().await;
     }
     shutdown.cancel();
+}
+
+/// Open the configured database for an administrative command.
+fn admin_store(arg: &ConfigArg) -> anyhow::Result<(Config, pinpost::store::Store)> {
+    let cfg = load_config(arg)?;
+    let store = pinpost::store::Store::open(
+        &cfg.storage_path()?,
+        cfg.storage.durability,
+        pinpost::plan_settings(&cfg),
+    )?;
+    Ok((cfg, store))
+}
+
+fn region(cfg: &Config) -> Option<&str> {
+    cfg.registry.default_region.as_deref()
+}
+
+async fn show_subscriber(store: &pinpost::store::Store, msisdn: String) -> anyhow::Result<()> {
+    let s = store
+        .read(move |c| pinpost::registry::read_subscriber(c, &msisdn))
+        .await?
+        .context("no such subscriber")?;
+    println!("{}", serde_json::to_string_pretty(&s)?);
+    Ok(())
+}
+
+async fn subscriber_cmd(c: SubscriberCmd) -> anyhow::Result<()> {
+    match c {
+        SubscriberCmd::Add {
+            msisdn,
+            name,
+            config,
+        } => {
+            let (cfg, store) = admin_store(&config)?;
+            let m = pinpost::registry::normalize_msisdn(&msisdn, region(&cfg))
+                .map_err(anyhow::Error::msg)?;
+            let now = pinpost::now_ms();
+            let m2 = m.clone();
+            store
+                .write(move |c| pinpost::registry::put_subscriber(c, &m2, name.as_deref(), now))
+                .await?;
+            show_subscriber(&store, m).await
+        }
+        SubscriberCmd::Show { msisdn, config } => {
+            let (cfg, store) = admin_store(&config)?;
+            let m = pinpost::registry::normalize_msisdn(&msisdn, region(&cfg))
+                .map_err(anyhow::Error::msg)?;
+            show_subscriber(&store, m).await
+        }
+        SubscriberCmd::Remove { msisdn, config } => {
+            let (cfg, store) = admin_store(&config)?;
+            let m = pinpost::registry::normalize_msisdn(&msisdn, region(&cfg))
+                .map_err(anyhow::Error::msg)?;
+            let gone = store
+                .write(move |c| pinpost::registry::delete_subscriber(c, &m))
+                .await?;
+            if !gone {
+                bail!("no such subscriber");
+            }
+            println!("removed");
+            Ok(())
+        }
+    }
+}
+
+async fn device_cmd(c: DeviceCmd) -> anyhow::Result<()> {
+    match c {
+        DeviceCmd::Add {
+            msisdn,
+            kind,
+            address,
+            priority,
+            step_timeout,
+            config,
+        } => {
+            let (cfg, store) = admin_store(&config)?;
+            let m = pinpost::registry::normalize_msisdn(&msisdn, region(&cfg))
+                .map_err(anyhow::Error::msg)?;
+            let address = pinpost::registry::normalize_address(&kind, &address, region(&cfg))
+                .map_err(|e| anyhow::anyhow!("--address: {e}"))?;
+            let dev = pinpost::registry::NewDevice {
+                kind,
+                address,
+                priority,
+                step_timeout_ms: step_timeout.map(|d| d.as_millis() as i64),
+                options: None,
+            };
+            let now = pinpost::now_ms();
+            let m2 = m.clone();
+            let added = store
+                .write(move |c| pinpost::registry::add_device(c, &m2, &dev, now))
+                .await?;
+            let d = added.context("no such subscriber (add it first)")?;
+            println!("{}", serde_json::to_string_pretty(&d)?);
+            Ok(())
+        }
+        DeviceCmd::Remove { msisdn, id, config } => {
+            let (cfg, store) = admin_store(&config)?;
+            let m = pinpost::registry::normalize_msisdn(&msisdn, region(&cfg))
+                .map_err(anyhow::Error::msg)?;
+            let gone = store
+                .write(move |c| pinpost::registry::remove_device(c, &m, &id))
+                .await?;
+            if !gone {
+                bail!("no such device");
+            }
+            println!("removed");
+            Ok(())
+        }
+    }
+}
+
+async fn import_subscribers(file: PathBuf, partial: bool, config: ConfigArg) -> anyhow::Result<()> {
+    let (cfg, store) = admin_store(&config)?;
+    let f = std::fs::File::open(&file).with_context(|| format!("{}", file.display()))?;
+    let (rows, bad) = pinpost::registry::parse_import(std::io::BufReader::new(f), region(&cfg));
+    for (line, reason) in &bad {
+        eprintln!("{}:{line}: rejected: {reason}", file.display());
+    }
+    if !bad.is_empty() && !partial {
+        bail!(
+            "{} of {} rows rejected; nothing imported (fix them, or pass --partial to import the {} good rows)",
+            bad.len(),
+            bad.len() + rows.len(),
+            rows.len()
+        );
+    }
+    let total = rows.len();
+    let mut done = 0;
+    let (mut subs, mut devs) = (0, 0);
+    let now = pinpost::now_ms();
+    let mut rest = rows;
+    // Chunks keep each transaction short while the daemon runs; with --partial unset the
+    // file was fully validated above, so a chunk can only fail on a database error.
+    while !rest.is_empty() {
+        let tail = rest.split_off(rest.len().min(1000));
+        let chunk = std::mem::replace(&mut rest, tail);
+        done += chunk.len();
+        let (s, d) = pinpost::registry::import(&store, chunk, now).await?;
+        subs += s;
+        devs += d;
+        let width = 30;
+        let filled = (done * width).checked_div(total).unwrap_or(width);
+        eprint!(
+            "\r[{}{}] {done}/{total} rows",
+            "#".repeat(filled),
+            " ".repeat(width - filled)
+        );
+    }
+    eprintln!();
+    println!(
+        "imported {total} rows: {subs} new subscribers, {devs} devices; {} rows rejected",
+        bad.len()
+    );
+    Ok(())
 }

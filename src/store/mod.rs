@@ -23,10 +23,16 @@ use crate::config::Durability;
 pub use model::*;
 use writer::Op;
 
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_deliveries",
-    include_str!("../../migrations/sqlite/0001_deliveries.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_deliveries",
+        include_str!("../../migrations/sqlite/0001_deliveries.sql"),
+    ),
+    (
+        "0002_subscribers_and_plans",
+        include_str!("../../migrations/sqlite/0002_subscribers_and_plans.sql"),
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -121,7 +127,11 @@ pub fn migrate(path: &Path) -> Result<i64, StoreError> {
 
 impl Store {
     /// Migrate, then start the writer thread.
-    pub fn open(path: &Path, durability: Durability) -> Result<Store, StoreError> {
+    pub fn open(
+        path: &Path,
+        durability: Durability,
+        plans: PlanSettings,
+    ) -> Result<Store, StoreError> {
         migrate(path)?;
         let conn = open_conn(path, false)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -134,10 +144,11 @@ impl Store {
             },
         )?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "cache_size", -8192)?;
         let wake = Arc::new(Wakers::default());
         let (tx, rx) = mpsc::channel(16 * 1024);
-        let w = writer::Writer::new(conn, wake.clone())?;
+        let w = writer::Writer::new(conn, wake.clone(), Arc::new(plans))?;
         std::thread::Builder::new()
             .name("pinpost-db-writer".into())
             .spawn(move || w.run(rx))
@@ -205,9 +216,18 @@ impl Store {
 
     /// Apply a receipt (fire and forget).
     pub async fn receipt(&self, r: ReceiptIn) -> Result<(), StoreError> {
+        self.receipt_acked(r, None).await
+    }
+
+    /// Apply a receipt; `stored` is fired once the transaction holding it has committed.
+    pub async fn receipt_acked(
+        &self,
+        r: ReceiptIn,
+        stored: Option<oneshot::Sender<()>>,
+    ) -> Result<(), StoreError> {
         self.inner
             .tx
-            .send(Op::Receipt(Box::new(r)))
+            .send(Op::Receipt(Box::new(r), stored))
             .await
             .map_err(|_| StoreError::Closed)
     }
@@ -246,7 +266,26 @@ impl Store {
         self.call(|reply| Op::Flush { reply }).await
     }
 
-    async fn read<T: Send + 'static>(
+    /// Run `f` in the writer's next transaction; its answer comes after the commit.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let op = Op::Call(Box::new(move |conn: &Connection| {
+            let r = f(conn);
+            (r.is_ok(), writer::defer(tx, r))
+        }));
+        self.inner
+            .tx
+            .send(op)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Run `f` on a read-only connection.
+    pub async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -329,12 +368,13 @@ fn read_delivery(c: &Connection, id: &str) -> Result<Option<DeliveryView>, Store
                 updated_at: r.get(12)?,
                 client: r.get(13)?,
                 attempts: Vec::new(),
+                steps: Vec::new(),
             })
         })
         .optional()?;
     let Some(mut d) = d else { return Ok(None) };
     let mut st = c.prepare_cached(
-        "SELECT seq, channel, started_at, finished_at, outcome, provider_ref, error
+        "SELECT seq, channel, started_at, finished_at, outcome, provider_ref, error, step
          FROM attempts WHERE delivery_id = ?1 ORDER BY seq",
     )?;
     let rows = st.query_map(params![id], |r| {
@@ -346,10 +386,30 @@ fn read_delivery(c: &Connection, id: &str) -> Result<Option<DeliveryView>, Store
             outcome: r.get(4)?,
             provider_ref: r.get(5)?,
             error: r.get(6)?,
+            step: r.get(7)?,
         })
     })?;
     for a in rows {
         d.attempts.push(a?);
+    }
+    let mut st = c.prepare_cached(
+        "SELECT step, kind, address, channel, outcome, reason, started_at, ended_at
+         FROM delivery_steps WHERE delivery_id = ?1 ORDER BY step",
+    )?;
+    let rows = st.query_map(params![id], |r| {
+        Ok(StepView {
+            step: r.get(0)?,
+            kind: r.get(1)?,
+            address: r.get(2)?,
+            channel: r.get(3)?,
+            outcome: r.get(4)?,
+            reason: r.get(5)?,
+            started_at: r.get(6)?,
+            ended_at: r.get(7)?,
+        })
+    })?;
+    for s in rows {
+        d.steps.push(s?);
     }
     Ok(Some(d))
 }

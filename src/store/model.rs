@@ -94,13 +94,14 @@ pub enum EnqueueOutcome {
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub id: String,
-    pub msisdn: String,
+    /// The current step's device address (the msisdn for SMS).
+    pub address: String,
     pub pin_ct: Option<Vec<u8>>,
     pub amount_value: Option<String>,
     pub amount_currency: Option<String>,
     pub payee: Option<String>,
     pub expires_at: Option<i64>,
-    /// Attempts made before this one.
+    /// Attempts made on the current step before this one.
     pub attempts: u32,
 }
 
@@ -116,11 +117,12 @@ pub struct Finish {
 
 #[derive(Debug, Clone)]
 pub enum FinishResult {
-    /// The peer accepted; wait for receipts on these references until `receipt_due`
-    /// (None: no receipt will come, the delivery is final as submitted).
+    /// The peer accepted; wait up to `receipt_timeout_ms` (shortened to the step timeout
+    /// when another device follows) for receipts on these references. None: no receipt
+    /// will come, the delivery is final as submitted.
     Submitted {
         refs: Vec<String>,
-        receipt_due: Option<i64>,
+        receipt_timeout_ms: Option<i64>,
     },
     /// Counted attempt that failed; the delivery moves to `next` (`retry_wait` with
     /// `next_attempt_at`, `failed`, or `in_doubt` with the reconciliation deadline).
@@ -183,12 +185,15 @@ pub struct SweepReport {
     pub in_doubt_resent: usize,
     pub in_doubt_failed: usize,
     pub receipts_timed_out: usize,
+    /// Deliveries that fell through to their next device after a step timeout.
+    pub steps_advanced: usize,
     pub idempotency_purged: usize,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AttemptView {
     pub seq: i64,
+    pub step: i64,
     pub channel: String,
     pub started_at: i64,
     pub finished_at: Option<i64>,
@@ -214,4 +219,27 @@ pub struct DeliveryView {
     pub updated_at: i64,
     pub client: String,
     pub attempts: Vec<AttemptView>,
+    pub steps: Vec<StepView>,
+}
+
+/// One step of a delivery's plan.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepView {
+    pub step: i64,
+    pub kind: String,
+    pub address: String,
+    pub channel: Option<String>,
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+}
+
+/// What the writer needs to build delivery plans.
+#[derive(Debug, Clone, Default)]
+pub struct PlanSettings {
+    /// Device kind ("sms", "email", ...) to the id of the channel that serves it.
+    pub routes: std::collections::HashMap<String, String>,
+    /// Step timeout for devices registered without one.
+    pub default_step_timeout_ms: i64,
 }

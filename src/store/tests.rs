@@ -19,9 +19,20 @@ fn new(id: &str, key: &str, fp: u8, now: i64) -> NewDelivery {
     }
 }
 
+fn plans() -> PlanSettings {
+    PlanSettings {
+        routes: [
+            ("sms".to_owned(), "sms".to_owned()),
+            ("email".to_owned(), "mail".to_owned()),
+        ]
+        .into(),
+        default_step_timeout_ms: 1000,
+    }
+}
+
 async fn open() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("t.db"), Durability::Full).unwrap();
+    let store = Store::open(&dir.path().join("t.db"), Durability::Full, plans()).unwrap();
     (dir, store)
 }
 
@@ -33,7 +44,7 @@ fn submitted(id: &str, refs: &[&str], now: i64) -> Finish {
         finished_at: now,
         result: FinishResult::Submitted {
             refs: refs.iter().map(|s| s.to_string()).collect(),
-            receipt_due: Some(now + 60_000),
+            receipt_timeout_ms: Some(60_000),
         },
     }
 }
@@ -192,7 +203,7 @@ async fn sweep_expires_reconciles_and_times_out() {
     let mut quiet = submitted("quiet", &["q1"], 60);
     quiet.result = FinishResult::Submitted {
         refs: vec!["q1".into()],
-        receipt_due: Some(400),
+        receipt_timeout_ms: Some(340),
     };
     s.finish(quiet).await.unwrap();
     let p = SweepParams {
@@ -226,11 +237,11 @@ async fn restart_puts_sending_in_doubt() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
     {
-        let s = Store::open(&path, Durability::Full).unwrap();
+        let s = Store::open(&path, Durability::Full, plans()).unwrap();
         s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
         s.claim("sms", 10, 20).await.unwrap();
     }
-    let s = Store::open(&path, Durability::Full).unwrap();
+    let s = Store::open(&path, Durability::Full, plans()).unwrap();
     assert_eq!(s.recover(30, 1000).await.unwrap(), 1);
     let d = s.get("a").await.unwrap().unwrap();
     assert_eq!(d.state, State::InDoubt);
@@ -271,4 +282,143 @@ fn state_check_constraint_rejects_free_strings() {
     for s in State::ALL {
         assert_eq!(State::parse(s.as_str()), Some(s));
     }
+}
+
+async fn register(s: &Store, msisdn: &str, devices: &[(&str, &str, i64, Option<i64>)]) {
+    let msisdn = msisdn.to_owned();
+    let devices: Vec<(String, String, i64, Option<i64>)> = devices
+        .iter()
+        .map(|(k, a, p, t)| (k.to_string(), a.to_string(), *p, *t))
+        .collect();
+    s.write(move |c| {
+        crate::registry::put_subscriber(c, &msisdn, None, 1)?;
+        for (kind, address, priority, timeout) in &devices {
+            let d = crate::registry::NewDevice {
+                kind: kind.clone(),
+                address: address.clone(),
+                priority: Some(*priority),
+                step_timeout_ms: *timeout,
+                options: None,
+            };
+            crate::registry::add_device(c, &msisdn, &d, 1)?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+fn failed(id: &str, at: i64) -> Finish {
+    Finish {
+        id: id.into(),
+        channel: "sms".into(),
+        started_at: at,
+        finished_at: at,
+        result: FinishResult::Attempted {
+            outcome: AttemptOutcome::Permanent,
+            error: "0x0000000b: invalid destination".into(),
+            next: State::Failed,
+            next_attempt_at: at,
+        },
+    }
+}
+
+#[tokio::test]
+async fn plan_falls_through_on_permanent_failure_and_skips_unrouted_kinds() {
+    let (_d, s) = open().await;
+    register(
+        &s,
+        "+819012345678",
+        &[
+            ("carnav", "VIN-1", 5, None),
+            ("sms", "+819012345678", 10, None),
+            ("email", "taro@example.jp", 20, None),
+        ],
+    )
+    .await;
+    s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
+    let d = s.get("a").await.unwrap().unwrap();
+    assert_eq!(d.steps.len(), 3);
+    assert_eq!(
+        d.steps[0].outcome.as_deref(),
+        Some("skipped"),
+        "no channel serves carnav"
+    );
+    assert_eq!(d.channel, "sms");
+    let c = s.claim("sms", 10, 20).await.unwrap();
+    assert_eq!(c[0].address, "+819012345678");
+    s.finish(failed("a", 30)).await.unwrap();
+    s.flush().await.unwrap();
+    let d = s.get("a").await.unwrap().unwrap();
+    assert_eq!(d.state, State::Queued, "fell through to the e-mail device");
+    assert_eq!(d.channel, "mail");
+    assert_eq!(d.steps[1].outcome.as_deref(), Some("failed"));
+    let c = s.claim("mail", 10, 40).await.unwrap();
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].address, "taro@example.jp");
+    assert_eq!(c[0].attempts, 0, "attempts count per step");
+    assert!(c[0].pin_ct.is_some(), "the PIN is kept for the next step");
+    let mut sub = submitted("a", &["m1"], 50);
+    sub.channel = "mail".into();
+    s.finish(sub).await.unwrap();
+    let mut r = receipt("m1", ReceiptStatus::Undeliverable, 60);
+    r.channel = "mail".into();
+    s.receipt(r).await.unwrap();
+    s.flush().await.unwrap();
+    let d = s.get("a").await.unwrap().unwrap();
+    assert_eq!(d.state, State::Failed, "no device left");
+    assert!(d.is_final);
+    assert_eq!(d.attempts.len(), 2);
+    assert_eq!(d.attempts[1].step, 2);
+}
+
+#[tokio::test]
+async fn step_timeout_moves_to_the_next_device() {
+    let (_d, s) = open().await;
+    register(
+        &s,
+        "+819012345678",
+        &[
+            ("sms", "+819012345678", 10, Some(100)),
+            ("sms", "+818011112222", 20, None),
+        ],
+    )
+    .await;
+    s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
+    s.claim("sms", 10, 20).await.unwrap();
+    s.finish(submitted("a", &["r1"], 30)).await.unwrap();
+    let p = SweepParams {
+        now: 200,
+        in_doubt_resend: true,
+        max_attempts: 5,
+    };
+    let rep = s.sweep(p).await.unwrap();
+    assert_eq!(rep.steps_advanced, 1);
+    let d = s.get("a").await.unwrap().unwrap();
+    assert_eq!(d.state, State::Queued);
+    assert_eq!(d.steps[0].outcome.as_deref(), Some("timed_out"));
+    let c = s.claim("sms", 10, 210).await.unwrap();
+    assert_eq!(c[0].address, "+818011112222");
+    // The late receipt of the first device no longer counts.
+    s.receipt(receipt("r1", ReceiptStatus::Delivered, 220))
+        .await
+        .unwrap();
+    s.finish(submitted("a", &["r2"], 230)).await.unwrap();
+    s.receipt(receipt("r2", ReceiptStatus::Delivered, 240))
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    let d = s.get("a").await.unwrap().unwrap();
+    assert_eq!(d.state, State::Delivered);
+    assert_eq!(d.steps[1].outcome.as_deref(), Some("delivered"));
+}
+
+#[tokio::test]
+async fn no_routable_device_fails_at_once() {
+    let (_d, s) = open().await;
+    register(&s, "+819012345678", &[("fax", "+81312345678", 10, None)]).await;
+    s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
+    let d = s.get("a").await.unwrap().unwrap();
+    assert_eq!(d.state, State::Failed);
+    assert!(d.last_error.unwrap().contains("no registered device"));
 }

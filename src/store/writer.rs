@@ -33,7 +33,8 @@ pub(super) enum Op {
         reply: oneshot::Sender<Result<Vec<Claimed>, StoreError>>,
     },
     Finish(Box<Finish>),
-    Receipt(Box<ReceiptIn>),
+    /// A receipt; the sender, if any, is fired once it is committed.
+    Receipt(Box<ReceiptIn>, Option<oneshot::Sender<()>>),
     Cancel {
         id: String,
         now: i64,
@@ -56,12 +57,18 @@ pub(super) enum Op {
     Flush {
         reply: oneshot::Sender<()>,
     },
+    /// Any other change (registry writes): runs in the batch's transaction, answers after
+    /// the commit. The bool says whether it succeeded (its savepoint is kept).
+    Call(Box<CallFn>),
 }
 
-/// An answer held back until the batch commits.
-type Deferred = Box<dyn FnOnce(Option<&str>) + Send>;
+/// A write run by [`Op::Call`]: whether it succeeded, and its answer.
+pub(super) type CallFn = dyn FnOnce(&Connection) -> (bool, Deferred) + Send;
 
-fn defer<T: Send + 'static>(
+/// An answer held back until the batch commits.
+pub(super) type Deferred = Box<dyn FnOnce(Option<&str>) + Send>;
+
+pub(super) fn defer<T: Send + 'static>(
     reply: oneshot::Sender<Result<T, StoreError>>,
     value: Result<T, StoreError>,
 ) -> Deferred {
@@ -87,22 +94,32 @@ struct Attempt<'a> {
     outcome: &'a str,
     provider_ref: Option<&'a str>,
     error: Option<&'a str>,
+    step: i64,
 }
 
 pub(super) struct Writer {
     conn: Connection,
     wake: Arc<Wakers>,
     early_receipts: i64,
+    plans: Arc<PlanSettings>,
+    /// Channels whose dispatcher is poked after the current batch commits.
+    pokes: Vec<String>,
 }
 
 impl Writer {
-    pub(super) fn new(conn: Connection, wake: Arc<Wakers>) -> Result<Writer, StoreError> {
+    pub(super) fn new(
+        conn: Connection,
+        wake: Arc<Wakers>,
+        plans: Arc<PlanSettings>,
+    ) -> Result<Writer, StoreError> {
         let early_receipts =
             conn.query_row("SELECT count(*) FROM early_receipts", [], |r| r.get(0))?;
         Ok(Writer {
             conn,
             wake,
             early_receipts,
+            plans,
+            pokes: Vec::new(),
         })
     }
 
@@ -123,7 +140,6 @@ impl Writer {
 
     fn apply_batch(&mut self, batch: &mut Vec<Op>) {
         let mut deferred: Vec<Deferred> = Vec::with_capacity(batch.len());
-        let mut pokes: Vec<String> = Vec::new();
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             tracing::error!(error = %e, "cannot begin a transaction");
             let msg = e.to_string();
@@ -133,7 +149,7 @@ impl Writer {
             return;
         }
         for op in batch.drain(..) {
-            self.apply(op, &mut deferred, &mut pokes);
+            self.apply(op, &mut deferred);
         }
         let commit = self.conn.execute_batch("COMMIT");
         let err = match &commit {
@@ -147,7 +163,10 @@ impl Writer {
         for d in deferred {
             d(err.as_deref());
         }
-        if err.is_none() {
+        if err.is_some() {
+            self.pokes.clear();
+        } else {
+            let mut pokes = std::mem::take(&mut self.pokes);
             pokes.sort();
             pokes.dedup();
             for ch in pokes {
@@ -174,12 +193,12 @@ impl Writer {
         }
     }
 
-    fn apply(&mut self, op: Op, deferred: &mut Vec<Deferred>, pokes: &mut Vec<String>) {
+    fn apply(&mut self, op: Op, deferred: &mut Vec<Deferred>) {
         match op {
             Op::Enqueue { new, reply } => {
                 let r = self.savepoint(|w| w.enqueue(&new));
                 if matches!(r, Ok(EnqueueOutcome::Created { .. })) {
-                    pokes.push(new.channel.clone());
+                    self.pokes.push(new.channel.clone());
                 }
                 deferred.push(defer(reply, r));
             }
@@ -197,9 +216,18 @@ impl Writer {
                     tracing::error!(delivery_id = %f.id, error = %e, "cannot record a send outcome");
                 }
             }
-            Op::Receipt(r) => {
-                if let Err(e) = self.savepoint(|w| w.receipt(&r)) {
+            Op::Receipt(r, stored) => {
+                let applied = self.savepoint(|w| w.receipt(&r));
+                if let Err(e) = &applied {
+                    // Not acknowledged: the peer sends it again.
                     tracing::error!(channel = %r.channel, error = %e, "cannot apply a receipt");
+                }
+                if let Some(tx) = stored.filter(|_| applied.is_ok()) {
+                    deferred.push(Box::new(move |commit_error: Option<&str>| {
+                        if commit_error.is_none() {
+                            let _ = tx.send(());
+                        }
+                    }));
                 }
             }
             Op::Cancel { id, now, reply } => {
@@ -207,7 +235,7 @@ impl Writer {
                 deferred.push(defer(reply, r));
             }
             Op::Sweep { params, reply } => {
-                let r = self.savepoint(|w| w.sweep(params, pokes));
+                let r = self.savepoint(|w| w.sweep(params));
                 deferred.push(defer(reply, r));
             }
             Op::Recover {
@@ -219,8 +247,18 @@ impl Writer {
                 deferred.push(defer(reply, r));
             }
             Op::Release { ids, now, reply } => {
-                let r = self.savepoint(|w| w.release(&ids, now, pokes));
+                let r = self.savepoint(|w| w.release(&ids, now));
                 deferred.push(defer(reply, r));
+            }
+            Op::Call(f) => {
+                let mut answer = None;
+                let r = self.savepoint(|w| {
+                    let (ok, d) = f(&w.conn);
+                    answer = Some(d);
+                    if ok { Ok(()) } else { Err(StoreError::Closed) }
+                });
+                let _ = r;
+                deferred.extend(answer);
             }
             Op::Flush { reply } => deferred.push(Box::new(move |_| {
                 let _ = reply.send(());
@@ -276,7 +314,122 @@ impl Writer {
                 n.id,
                 n.now
             ])?;
+        self.snapshot_plan(n)?;
         Ok(EnqueueOutcome::Created { id: n.id.clone() })
+    }
+
+    /// Copy the subscriber's devices into the delivery's plan and activate its first step.
+    /// A subscriber with no devices keeps the implicit plan: SMS to the msisdn.
+    fn snapshot_plan(&mut self, n: &NewDelivery) -> Result<(), StoreError> {
+        let devices: Vec<(String, String, String, Option<i64>)> = {
+            let mut st = self.conn.prepare_cached(
+                "SELECT id, kind, address, step_timeout_ms FROM devices
+                 WHERE msisdn = ?1 ORDER BY priority, created_at",
+            )?;
+            let rows = st.query_map(params![n.msisdn], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        if devices.is_empty() {
+            return Ok(());
+        }
+        for (i, (device_id, kind, address, timeout)) in devices.iter().enumerate() {
+            let channel = self.plans.routes.get(kind.as_str()).cloned();
+            let (outcome, reason) = match &channel {
+                Some(_) => (None, None),
+                None => (
+                    Some("skipped"),
+                    Some(format!("no channel for device kind {kind} is configured")),
+                ),
+            };
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO delivery_steps (delivery_id, step, kind, address, device_id,
+                        step_timeout_ms, channel, outcome, reason, ended_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, CASE WHEN ?8 IS NULL THEN NULL ELSE ?10 END)",
+                )?
+                .execute(params![
+                    n.id,
+                    i as i64,
+                    kind,
+                    address,
+                    device_id,
+                    timeout.unwrap_or(self.plans.default_step_timeout_ms),
+                    channel,
+                    outcome,
+                    reason,
+                    n.now
+                ])?;
+        }
+        if !self.activate_next_step(&n.id, -1, n.now)? {
+            self.conn
+                .prepare_cached(
+                    "UPDATE deliveries SET state = 'failed', final = 1, pin_ct = NULL,
+                        last_error = 'no registered device has a configured channel'
+                     WHERE id = ?1",
+                )?
+                .execute(params![n.id])?;
+        }
+        Ok(())
+    }
+
+    /// Make the first usable step after `after` current (state queued). False when none is
+    /// left. A delivery without stored steps has none after its implicit step 0.
+    fn activate_next_step(&mut self, id: &str, after: i64, now: i64) -> Result<bool, StoreError> {
+        let usable: Vec<(i64, String, String, i64)> = {
+            let mut st = self.conn.prepare_cached(
+                "SELECT step, channel, address, step_timeout_ms FROM delivery_steps
+                 WHERE delivery_id = ?1 AND step > ?2 AND channel IS NOT NULL AND outcome IS NULL
+                 ORDER BY step LIMIT 2",
+            )?;
+            let rows = st.query_map(params![id, after], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let Some((step, channel, address, timeout)) = usable.first().cloned() else {
+            return Ok(false);
+        };
+        // The receipt wait is bounded by the step timeout only when another step follows.
+        let step_timeout = (usable.len() > 1).then_some(timeout);
+        self.conn
+            .prepare_cached(
+                "UPDATE deliveries SET state = 'queued', channel = ?2, address = ?3, step = ?4,
+                    step_attempts = 0, step_timeout_ms = ?5, next_attempt_at = ?6,
+                    receipt_due = NULL, final = 0, updated_at = ?6
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, channel, address, step, step_timeout, now])?;
+        self.conn
+            .prepare_cached(
+                "UPDATE delivery_steps SET started_at = ?3 WHERE delivery_id = ?1 AND step = ?2",
+            )?
+            .execute(params![id, step, now])?;
+        self.pokes.push(channel);
+        Ok(true)
+    }
+
+    /// Close the current step with `outcome`, then fall through to the next device. Returns
+    /// false when there is no next device (the caller finishes the delivery).
+    fn end_step(
+        &mut self,
+        id: &str,
+        step: i64,
+        outcome: &str,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE delivery_steps SET outcome = ?3, reason = ?4, ended_at = ?5
+                 WHERE delivery_id = ?1 AND step = ?2",
+            )?
+            .execute(params![id, step, outcome, reason, now])?;
+        if outcome == "delivered" || outcome == "expired" || outcome == "cancelled" {
+            return Ok(false);
+        }
+        self.activate_next_step(id, step, now)
     }
 
     fn claim(&mut self, channel: &str, limit: usize, now: i64) -> Result<Vec<Claimed>, StoreError> {
@@ -286,12 +439,13 @@ impl Writer {
                           WHERE channel = ?1 AND state IN ('queued', 'retry_wait')
                             AND next_attempt_at <= ?3
                           ORDER BY next_attempt_at LIMIT ?2)
-             RETURNING id, msisdn, pin_ct, amount_value, amount_currency, payee, expires_at, attempts",
+             RETURNING id, coalesce(address, msisdn), pin_ct, amount_value, amount_currency, payee,
+                       expires_at, step_attempts",
         )?;
         let rows = st.query_map(params![channel, limit as i64, now], |r| {
             Ok(Claimed {
                 id: r.get(0)?,
-                msisdn: r.get(1)?,
+                address: r.get(1)?,
                 pin_ct: r.get(2)?,
                 amount_value: r.get(3)?,
                 amount_currency: r.get(4)?,
@@ -317,14 +471,15 @@ impl Writer {
             outcome,
             provider_ref,
             error,
+            step,
         } = a;
         self.conn
             .prepare_cached(
                 "INSERT OR REPLACE INTO attempts
-                    (delivery_id, seq, channel, started_at, finished_at, outcome, provider_ref, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    (delivery_id, seq, channel, started_at, finished_at, outcome, provider_ref, error, step)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
-            .execute(params![id, seq, channel, started_at, finished_at, outcome, provider_ref, error])?;
+            .execute(params![id, seq, channel, started_at, finished_at, outcome, provider_ref, error, step])?;
         Ok(())
     }
 
@@ -332,23 +487,29 @@ impl Writer {
         match &f.result {
             FinishResult::Submitted {
                 refs: provider_refs,
-                receipt_due,
+                receipt_timeout_ms,
             } => {
-                let is_final = receipt_due.is_none();
-                let seq: Option<i64> = self
+                let is_final = receipt_timeout_ms.is_none();
+                let row: Option<(i64, i64)> = self
                     .conn
                     .prepare_cached(
                         "UPDATE deliveries SET state = 'submitted', attempts = attempts + 1,
-                            receipt_due = ?2, final = ?3,
+                            step_attempts = step_attempts + 1,
+                            receipt_due = CASE WHEN ?2 IS NULL THEN NULL
+                                ELSE ?4 + min(?2, coalesce(step_timeout_ms, ?2)) END,
+                            final = ?3,
                             pin_ct = CASE WHEN ?3 THEN NULL ELSE pin_ct END,
                             last_error = NULL, updated_at = ?4
-                         WHERE id = ?1 AND state = 'sending' RETURNING attempts",
+                         WHERE id = ?1 AND state = 'sending' RETURNING attempts, step",
                     )?
-                    .query_row(params![f.id, receipt_due, is_final, f.finished_at], |r| {
-                        r.get(0)
-                    })
+                    .query_row(
+                        params![f.id, receipt_timeout_ms, is_final, f.finished_at],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
                     .optional()?;
-                let Some(seq) = seq else { return Ok(()) };
+                let Some((seq, step)) = row else {
+                    return Ok(());
+                };
                 let joined = provider_refs.join(",");
                 self.insert_attempt(Attempt {
                     id: &f.id,
@@ -359,6 +520,7 @@ impl Writer {
                     outcome: "submitted",
                     provider_ref: Some(&joined),
                     error: None,
+                    step,
                 })?;
                 if is_final {
                     return Ok(());
@@ -383,32 +545,44 @@ impl Writer {
                 next,
                 next_attempt_at,
             } => {
-                let terminal = next.is_terminal();
-                let seq: Option<i64> = self
+                let row: Option<(i64, i64)> = self
                     .conn
                     .prepare_cached(
-                        "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_attempt_at = ?3,
-                            last_error = ?4, final = ?5, pin_ct = CASE WHEN ?5 THEN NULL ELSE pin_ct END,
-                            updated_at = ?6
-                         WHERE id = ?1 AND state = 'sending' RETURNING attempts",
+                        "UPDATE deliveries SET attempts = attempts + 1,
+                            step_attempts = step_attempts + 1, last_error = ?2, updated_at = ?3
+                         WHERE id = ?1 AND state = 'sending' RETURNING attempts, step",
                     )?
-                    .query_row(
-                        params![f.id, next.as_str(), next_attempt_at, error, terminal, f.finished_at],
-                        |r| r.get(0),
-                    )
+                    .query_row(params![f.id, error, f.finished_at], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
                     .optional()?;
-                if let Some(seq) = seq {
-                    self.insert_attempt(Attempt {
-                        id: &f.id,
-                        seq,
-                        channel: &f.channel,
-                        started_at: f.started_at,
-                        finished_at: Some(f.finished_at),
-                        outcome: outcome.as_str(),
-                        provider_ref: None,
-                        error: Some(error),
-                    })?;
+                let Some((seq, step)) = row else {
+                    return Ok(());
+                };
+                self.insert_attempt(Attempt {
+                    id: &f.id,
+                    seq,
+                    channel: &f.channel,
+                    started_at: f.started_at,
+                    finished_at: Some(f.finished_at),
+                    outcome: outcome.as_str(),
+                    provider_ref: None,
+                    error: Some(error),
+                    step,
+                })?;
+                if *next == State::Failed
+                    && self.end_step(&f.id, step, "failed", Some(error), f.finished_at)?
+                {
+                    return Ok(());
                 }
+                let terminal = next.is_terminal();
+                self.conn
+                    .prepare_cached(
+                        "UPDATE deliveries SET state = ?2, next_attempt_at = ?3, final = ?4,
+                            pin_ct = CASE WHEN ?4 THEN NULL ELSE pin_ct END
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![f.id, next.as_str(), next_attempt_at, terminal])?;
             }
             FinishResult::NotAttempted {
                 error,
@@ -542,25 +716,38 @@ impl Writer {
         } else {
             (State::Delivered, "delivered", None)
         };
-        let changed = self
+        let step: Option<i64> = self
             .conn
+            .prepare_cached(
+                "SELECT step FROM deliveries WHERE id = ?1 AND state = 'submitted' AND final = 0",
+            )?
+            .query_row(params![delivery_id], |r| r.get(0))
+            .optional()?;
+        let Some(step) = step else { return Ok(()) };
+        self.conn
+            .prepare_cached(
+                "UPDATE attempts SET outcome = ?3, finished_at = ?4, error = ?5
+                 WHERE delivery_id = ?1 AND seq = ?2",
+            )?
+            .execute(params![delivery_id, seq, outcome, r.at, error])?;
+        self.conn
+            .prepare_cached("DELETE FROM message_parts WHERE delivery_id = ?1")?
+            .execute(params![delivery_id])?;
+        let step_outcome = match state {
+            State::Delivered => "delivered",
+            State::Failed => "failed",
+            _ => "unknown",
+        };
+        if self.end_step(&delivery_id, step, step_outcome, error.as_deref(), r.at)? {
+            return Ok(());
+        }
+        self.conn
             .prepare_cached(
                 "UPDATE deliveries SET state = ?2, final = 1, pin_ct = NULL, receipt_due = NULL,
                     last_error = ?3, updated_at = ?4
-                 WHERE id = ?1 AND state = 'submitted' AND final = 0",
+                 WHERE id = ?1",
             )?
             .execute(params![delivery_id, state.as_str(), error, r.at])?;
-        if changed > 0 {
-            self.conn
-                .prepare_cached(
-                    "UPDATE attempts SET outcome = ?3, finished_at = ?4, error = ?5
-                     WHERE delivery_id = ?1 AND seq = ?2",
-                )?
-                .execute(params![delivery_id, seq, outcome, r.at, error])?;
-            self.conn
-                .prepare_cached("DELETE FROM message_parts WHERE delivery_id = ?1")?
-                .execute(params![delivery_id])?;
-        }
         Ok(())
     }
 
@@ -617,11 +804,7 @@ impl Writer {
         })
     }
 
-    fn sweep(
-        &mut self,
-        p: SweepParams,
-        pokes: &mut Vec<String>,
-    ) -> Result<SweepReport, StoreError> {
+    fn sweep(&mut self, p: SweepParams) -> Result<SweepReport, StoreError> {
         let now = p.now;
         let mut rep = SweepReport {
             expired: self
@@ -637,12 +820,12 @@ impl Writer {
         if p.in_doubt_resend {
             let mut st = self.conn.prepare_cached(
                 "UPDATE deliveries SET state = 'queued', updated_at = ?1
-                 WHERE state = 'in_doubt' AND next_attempt_at <= ?1 AND attempts < ?2
+                 WHERE state = 'in_doubt' AND next_attempt_at <= ?1 AND step_attempts < ?2
                  RETURNING channel",
             )?;
             let chans = st.query_map(params![now, p.max_attempts], |r| r.get::<_, String>(0))?;
             for ch in chans {
-                pokes.push(ch?);
+                self.pokes.push(ch?);
                 rep.in_doubt_resent += 1;
             }
         }
@@ -654,26 +837,39 @@ impl Writer {
                  WHERE state = 'in_doubt' AND next_attempt_at <= ?1",
             )?
             .execute(params![now])?;
-        let timed_out: Vec<(String, i64)> = {
+        let timed_out: Vec<(String, i64, i64, bool)> = {
             let mut st = self.conn.prepare_cached(
-                "UPDATE deliveries SET receipt_due = NULL, final = 1, pin_ct = NULL, updated_at = ?1,
-                    last_error = 'no receipt within the receipt timeout; outcome unknown'
+                "UPDATE deliveries SET receipt_due = NULL, updated_at = ?1
                  WHERE receipt_due IS NOT NULL AND receipt_due <= ?1
-                 RETURNING id, attempts",
+                 RETURNING id, attempts, step, step_timeout_ms IS NOT NULL",
             )?;
-            let rows = st.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows = st.query_map(params![now], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
             rows.collect::<Result<_, _>>()?
         };
-        for (id, seq) in &timed_out {
+        for (id, seq, step, has_next) in &timed_out {
             self.conn
                 .prepare_cached(
                     "UPDATE attempts SET outcome = 'unknown', finished_at = ?3,
-                        error = 'no receipt within the receipt timeout'
+                        error = 'no receipt within the step or receipt timeout'
                      WHERE delivery_id = ?1 AND seq = ?2 AND outcome = 'submitted'",
                 )?
                 .execute(params![id, seq, now])?;
             self.conn
                 .prepare_cached("DELETE FROM message_parts WHERE delivery_id = ?1")?
+                .execute(params![id])?;
+            let reason = "no receipt within the step timeout";
+            if *has_next && self.end_step(id, *step, "timed_out", Some(reason), now)? {
+                rep.steps_advanced += 1;
+                continue;
+            }
+            self.conn
+                .prepare_cached(
+                    "UPDATE deliveries SET final = 1, pin_ct = NULL,
+                        last_error = 'no receipt within the receipt timeout; outcome unknown'
+                     WHERE id = ?1",
+                )?
                 .execute(params![id])?;
         }
         rep.receipts_timed_out = timed_out.len();
@@ -695,19 +891,19 @@ impl Writer {
     }
 
     fn recover(&mut self, now: i64, in_doubt_after_ms: i64) -> Result<usize, StoreError> {
-        let rows: Vec<(String, String, i64)> = {
+        let rows: Vec<(String, String, i64, i64)> = {
             let mut st = self.conn.prepare_cached(
                 "UPDATE deliveries SET state = 'in_doubt', attempts = attempts + 1,
-                    next_attempt_at = ?1 + ?2, updated_at = ?1,
+                    step_attempts = step_attempts + 1, next_attempt_at = ?1 + ?2, updated_at = ?1,
                     last_error = 'pinpost stopped while the send was in flight'
-                 WHERE state = 'sending' RETURNING id, channel, attempts",
+                 WHERE state = 'sending' RETURNING id, channel, attempts, step",
             )?;
             let rows = st.query_map(params![now, in_doubt_after_ms], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?;
             rows.collect::<Result<_, _>>()?
         };
-        for (id, channel, seq) in &rows {
+        for (id, channel, seq, step) in &rows {
             self.insert_attempt(Attempt {
                 id,
                 seq: *seq,
@@ -717,17 +913,13 @@ impl Writer {
                 outcome: "in_doubt",
                 provider_ref: None,
                 error: Some("pinpost stopped while the send was in flight"),
+                step: *step,
             })?;
         }
         Ok(rows.len())
     }
 
-    fn release(
-        &mut self,
-        ids: &[String],
-        now: i64,
-        pokes: &mut Vec<String>,
-    ) -> Result<(), StoreError> {
+    fn release(&mut self, ids: &[String], now: i64) -> Result<(), StoreError> {
         for id in ids {
             let ch: Option<String> = self
                 .conn
@@ -737,7 +929,7 @@ impl Writer {
                 )?
                 .query_row(params![id, now], |r| r.get(0))
                 .optional()?;
-            pokes.extend(ch);
+            self.pokes.extend(ch);
         }
         Ok(())
     }
@@ -788,6 +980,10 @@ fn fail_op(op: Op, msg: &str) {
         Op::Flush { reply } => {
             let _ = reply.send(());
         }
-        Op::Finish(_) | Op::Receipt(_) => {}
+        Op::Call(f) => {
+            // Nothing ran: answer with the failure through a throwaway connection-free path.
+            drop(f);
+        }
+        Op::Finish(_) | Op::Receipt(..) => {}
     }
 }

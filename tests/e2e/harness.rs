@@ -14,6 +14,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_pinpost");
 /// Never appears anywhere but in the message the SMSC records.
 pub const CANARY: &str = "7305917735186203";
 pub const CANARY_GROUPED: &str = "7305 9177 3518 6203";
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef00";
 
 /// A child process whose stderr is collected line by line.
 pub struct Proc {
@@ -224,6 +225,7 @@ pub struct Daemon {
 pub fn write_config(dir: &Path, o: &DaemonOpts) -> PathBuf {
     let token = "e2e-billing-token-0123456789abcdef";
     std::fs::write(dir.join("billing.token"), token).unwrap();
+    std::fs::write(dir.join("admin.token"), ADMIN_TOKEN).unwrap();
     let text = format!(
         r#"
 [api]
@@ -232,6 +234,12 @@ listen = "127.0.0.1:0"
 name = "billing"
 role = "billing"
 token_file = "{dir}/billing.token"
+[[api.tokens]]
+name = "ops"
+role = "admin"
+token_file = "{dir}/admin.token"
+[registry]
+default_region = "JP"
 [storage]
 url = "sqlite://{dir}/pinpost.db"
 [secrets]

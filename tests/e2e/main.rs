@@ -5,3 +5,4 @@ mod api;
 mod cli;
 mod delivery;
 mod harness;
+mod registry;

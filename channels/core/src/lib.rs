@@ -205,6 +205,19 @@ pub struct Receipt {
 /// Where a driver posts receipts. Cheap to clone.
 pub type ReceiptSink = mpsc::Sender<Receipt>;
 
+/// A receipt and the means to say it is stored. The daemon fires `stored` once the receipt
+/// is durable; a driver that can delay its answer to the peer (SMPP deliver_sm_resp) answers
+/// only then, so a crash between the two never loses a receipt the peer considers handed
+/// over. Dropping `stored` unfired means "not stored": the peer should send it again.
+#[derive(Debug)]
+pub struct DurableReceipt {
+    pub receipt: Receipt,
+    pub stored: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Where a driver posts receipts it acknowledges only once they are stored.
+pub type DurableReceiptSink = mpsc::Sender<DurableReceipt>;
+
 /// A channel driver. Implementations are cheap handles over a connection actor.
 #[async_trait]
 pub trait Channel: Send + Sync + 'static {

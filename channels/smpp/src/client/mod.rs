@@ -34,8 +34,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use pinpost_channel_core::{
-    Accepted, AddressKind, Capabilities, Channel, ChannelId, ChannelKind, ExposeSecret, Health,
-    OutboundMessage, ReceiptSink, SendError,
+    Accepted, AddressKind, Capabilities, Channel, ChannelId, ChannelKind, DurableReceiptSink,
+    ExposeSecret, Health, OutboundMessage, ReceiptSink, SendError,
 };
 use rusmpp::pdus::SubmitSm;
 use rusmpp::{CommandId, Pdu};
@@ -152,6 +152,13 @@ fn unavailable(reason: impl Into<String>) -> SendError {
     }
 }
 
+/// Where receipts go: posted and answered at once, or answered once stored.
+#[derive(Clone)]
+pub(crate) enum Sink {
+    Plain(ReceiptSink),
+    Durable(DurableReceiptSink),
+}
+
 impl SmppChannel {
     /// Start the channel: spawns the connection actor, which connects to `cfg.url`, binds,
     /// and reconnects with backoff until [`Channel::shutdown`]. Returns at once; `health()`
@@ -161,7 +168,17 @@ impl SmppChannel {
         let connector = cfg.validate().map_err(|e| e.to_string()).and_then(|()| {
             transport::url_connector(&cfg.url, cfg.tls_ca_file.as_deref(), cfg.response_timeout)
         });
-        Self::spawn(cfg, receipts, connector)
+        Self::spawn(cfg, Sink::Plain(receipts), connector)
+    }
+
+    /// Like [`SmppChannel::start`], but each receipt's deliver_sm is answered only once the
+    /// daemon fires [`pinpost_channel_core::DurableReceipt::stored`]; if it is dropped unfired the answer is
+    /// ESME_RX_T_APPN, so the SMSC sends the receipt again.
+    pub fn start_durable(cfg: SmppConfig, receipts: DurableReceiptSink) -> SmppChannel {
+        let connector = cfg.validate().map_err(|e| e.to_string()).and_then(|()| {
+            transport::url_connector(&cfg.url, cfg.tls_ca_file.as_deref(), cfg.response_timeout)
+        });
+        Self::spawn(cfg, Sink::Durable(receipts), connector)
     }
 
     /// Start the channel over streams from `connect` (called for each connect and
@@ -186,14 +203,10 @@ impl SmppChannel {
             .validate()
             .map_err(|e| e.to_string())
             .map(|()| connector);
-        Self::spawn(cfg, receipts, connector)
+        Self::spawn(cfg, Sink::Plain(receipts), connector)
     }
 
-    fn spawn(
-        cfg: SmppConfig,
-        receipts: ReceiptSink,
-        connector: Result<Connector, String>,
-    ) -> SmppChannel {
+    fn spawn(cfg: SmppConfig, receipts: Sink, connector: Result<Connector, String>) -> SmppChannel {
         let (kind, limits, max_body_chars) = match cfg.service {
             SmppService::Sms => (ChannelKind::Sms, encoding::SMS, SMS_MAX_BODY_CHARS),
             SmppService::Ussd { .. } => (ChannelKind::Ussd, encoding::USSD, USSD_MAX_BODY_CHARS),

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use pinpost_channel_core::{ChannelId, ReceiptSink};
+use pinpost_channel_core::{ChannelId, DurableReceipt};
+
+use super::Sink;
 use rand::Rng;
 use rusmpp::pdus::{DeliverSm, DeliverSmResp};
 use rusmpp::{Command, CommandId, CommandStatus, Pdu};
@@ -238,11 +240,7 @@ enum End {
 }
 
 /// The actor: runs until `shared.stop` is cancelled.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    connector: Result<Connector, String>,
-    sink: ReceiptSink,
-) {
+pub(crate) async fn run(shared: Arc<Shared>, connector: Result<Connector, String>, sink: Sink) {
     let _finished = shared.finished.clone().drop_guard();
     let span = tracing::info_span!("smpp_link", channel = %shared.cfg.id);
     async move {
@@ -367,7 +365,7 @@ async fn session(
     shared: &Arc<Shared>,
     link: &Arc<Link>,
     mut events: impl Stream<Item = Event> + Unpin,
-    sink: &ReceiptSink,
+    sink: &Sink,
 ) -> End {
     let (jobs, job_rx) = mpsc::channel::<DeliverJob>(RECEIPT_QUEUE);
     tokio::spawn(
@@ -433,21 +431,60 @@ async fn session(
 }
 
 /// Post receipts to the sink, then answer their deliver_sm: a receipt is acknowledged to the
-/// SMSC only once the daemon has it.
+/// SMSC only once the daemon has it (with a durable sink: once it is stored). Answers wait
+/// in a FIFO so that storing one receipt does not hold up posting the next.
 async fn receipt_worker(
     channel: ChannelId,
     client: Client,
-    sink: ReceiptSink,
+    sink: Sink,
     mut jobs: mpsc::Receiver<DeliverJob>,
 ) {
+    let (answers, mut answer_rx) = mpsc::channel::<(
+        u32,
+        Option<tokio::sync::oneshot::Receiver<()>>,
+        CommandStatus,
+    )>(RECEIPT_QUEUE);
+    let answer_client = client.clone();
+    let answerer = tokio::spawn(
+        async move {
+            while let Some((seq, stored, mut status)) = answer_rx.recv().await {
+                if let Some(rx) = stored
+                    && rx.await.is_err()
+                {
+                    warn!("receipt not stored; deliver_sm answered ESME_RX_T_APPN");
+                    status = CommandStatus::EsmeRxTAppn;
+                }
+                let _ = answer_client
+                    .status(status)
+                    .deliver_sm_resp(seq, DeliverSmResp::default())
+                    .await;
+            }
+        }
+        .in_current_span(),
+    );
     while let Some(job) = jobs.recv().await {
         let mut status = CommandStatus::EsmeRok;
+        let mut stored = None;
         match receipt::inbound(&channel, &job.sm, OffsetDateTime::now_utc()) {
             Inbound::Receipt(r) => {
                 debug!(provider_ref = %r.provider_ref, status = ?r.status, "receipt");
-                if sink.send(r).await.is_err() {
+                let posted = match &sink {
+                    Sink::Plain(s) => s.send(r).await.is_ok(),
+                    Sink::Durable(s) => {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        stored = Some(rx);
+                        s.send(DurableReceipt {
+                            receipt: r,
+                            stored: tx,
+                        })
+                        .await
+                        .is_ok()
+                    }
+                };
+                if !posted {
                     warn!("receipt sink closed; deliver_sm answered ESME_RX_T_APPN");
                     status = CommandStatus::EsmeRxTAppn;
+                    stored = None;
                 }
             }
             Inbound::ReceiptWithoutId => {
@@ -457,11 +494,16 @@ async fn receipt_worker(
                 debug!("mobile-originated message answered and dropped");
             }
         }
-        let _ = client
-            .status(status)
-            .deliver_sm_resp(job.sequence_number, DeliverSmResp::default())
-            .await;
+        if answers
+            .send((job.sequence_number, stored, status))
+            .await
+            .is_err()
+        {
+            break;
+        }
     }
+    drop(answers);
+    let _ = answerer.await;
 }
 
 #[cfg(test)]

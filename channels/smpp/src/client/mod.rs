@@ -339,13 +339,27 @@ impl SmppChannel {
             }
             let link = shared.current().map_err(unavailable)?;
 
-            let seq = match link.client.no_wait().submit_sm(part.clone()).await {
-                Ok(seq) => seq,
-                Err(e) => {
+            let written = tokio::time::timeout(
+                cfg.response_timeout,
+                link.client.no_wait().submit_sm(part.clone()),
+            )
+            .await;
+            let seq = match written {
+                Ok(Ok(seq)) => seq,
+                Ok(Err(e)) => {
                     return Err(unavailable(format!(
                         "submit_sm not written: {}",
                         session::describe(&e)
                     )));
+                }
+                // Queued in the connection but not confirmed written: it may still go out.
+                Err(_) => {
+                    return Err(SendError::InDoubt {
+                        reason: format!(
+                            "submit_sm not confirmed written within {:?}",
+                            cfg.response_timeout
+                        ),
+                    });
                 }
             };
             let response = link

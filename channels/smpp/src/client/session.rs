@@ -29,10 +29,12 @@ use super::receipt::{self, Inbound};
 use super::status;
 use super::transport::Connector;
 
-/// The longest deliver_sm backlog between the event loop and the receipt worker. When it is
-/// full, deliver_sm is answered ESME_RX_T_APPN so the SMSC retries later, instead of
-/// stalling the submit_sm_resp that share the connection.
-const RECEIPT_QUEUE: usize = 256;
+/// The longest deliver_sm backlog between the event loop and the receipt worker, and between
+/// the worker and the answers waiting for their receipt to be stored (a commit takes a few
+/// milliseconds; at 10,000 receipts/s this holds well over that). When it is full,
+/// deliver_sm is answered ESME_RX_T_APPN so the SMSC retries later, instead of stalling the
+/// submit_sm_resp that share the connection.
+const RECEIPT_QUEUE: usize = 8192;
 
 /// The longest incoming PDU accepted.
 const MAX_COMMAND_LENGTH: usize = 16 * 1024;
@@ -278,6 +280,7 @@ pub(crate) async fn run(shared: Arc<Shared>, connector: Result<Connector, String
                     continue;
                 }
             };
+            let (stream, wake) = super::transport::Wakeable::new(stream);
             let (client, events) = ConnectionBuilder::new()
                 .max_command_length(MAX_COMMAND_LENGTH)
                 .enquire_link_interval(cfg.enquire_link_interval)
@@ -288,6 +291,7 @@ pub(crate) async fn run(shared: Arc<Shared>, connector: Result<Connector, String
                     super::InterfaceVersion::V50
                 ))
                 .connected(stream);
+            let _kicker = Kicker::start(wake);
 
             let bound = tokio::select! {
                 _ = shared.stop.cancelled() => {
@@ -403,11 +407,15 @@ async fn session(
                 };
                 if jobs.try_send(job).is_err() {
                     warn!("receipt backlog full; deliver_sm answered ESME_RX_T_APPN");
-                    let _ = link
-                        .client
-                        .status(CommandStatus::EsmeRxTAppn)
-                        .deliver_sm_resp(seq, DeliverSmResp::default())
-                        .await;
+                    // Never await the connection from this loop: the connection task may be
+                    // waiting for this loop to take its next event.
+                    let client = link.client.clone();
+                    tokio::spawn(async move {
+                        let _ = client
+                            .status(CommandStatus::EsmeRxTAppn)
+                            .deliver_sm_resp(seq, DeliverSmResp::default())
+                            .await;
+                    });
                 }
             }
             CommandId::Unbind => {
@@ -420,13 +428,45 @@ async fn session(
             }
             id => {
                 debug!(command = ?id, "unsupported operation refused");
-                let _ = link
-                    .client
-                    .status(CommandStatus::EsmeRinvcmdid)
-                    .generic_nack(seq)
-                    .await;
+                let client = link.client.clone();
+                tokio::spawn(async move {
+                    let _ = client
+                        .status(CommandStatus::EsmeRinvcmdid)
+                        .generic_nack(seq)
+                        .await;
+                });
             }
         }
+    }
+}
+
+/// How often [`Kicker`] wakes the connection task.
+const KICK_INTERVAL: Duration = Duration::from_millis(1);
+
+/// rusmppc 0.4.0's connection task handles at most five queued actions and five queued
+/// requests per wake-up and does not arrange to be woken for the rest; only its socket read
+/// registers a waker. With a burst queued (a full window of submit_sm, a commit's worth of
+/// deliver_sm_resp) and the SMSC quiet because nothing reached it, the task would sleep with
+/// PDUs unwritten for good. Waking its reader every millisecond while the connection lasts
+/// keeps it draining its queues.
+struct Kicker(tokio::task::JoinHandle<()>);
+
+impl Kicker {
+    fn start(wake: super::transport::WakeHandle) -> Kicker {
+        Kicker(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(KICK_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                wake.wake();
+            }
+        }))
+    }
+}
+
+impl Drop for Kicker {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -192,3 +192,85 @@ mod tests {
         assert!(e.contains("tls_ca_file"), "{e}");
     }
 }
+
+/// A stream whose reader can be woken from outside. The connection task of rusmppc 0.4.0
+/// stops after five queued requests or actions per wake-up without arranging to be woken
+/// again; only its socket read registers a waker. [`WakeHandle::wake`] wakes that reader, so
+/// the task runs again and drains its queues (see `session::Kicker`).
+pub(crate) struct Wakeable<S> {
+    inner: S,
+    waker: Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+}
+
+/// Wakes the task reading a [`Wakeable`] stream.
+#[derive(Clone)]
+pub(crate) struct WakeHandle(Arc<std::sync::Mutex<Option<std::task::Waker>>>);
+
+impl WakeHandle {
+    pub(crate) fn wake(&self) {
+        if let Some(w) = self.0.lock().expect("waker lock").as_ref() {
+            w.wake_by_ref();
+        }
+    }
+}
+
+impl<S> Wakeable<S> {
+    pub(crate) fn new(inner: S) -> (Wakeable<S>, WakeHandle) {
+        let waker = Arc::new(std::sync::Mutex::new(None));
+        (
+            Wakeable {
+                inner,
+                waker: waker.clone(),
+            },
+            WakeHandle(waker),
+        )
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Wakeable<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        {
+            let mut slot = self.waker.lock().expect("waker lock");
+            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *slot = Some(cx.waker().clone());
+            }
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Wakeable<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

@@ -286,15 +286,101 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ChannelConfig {
+    /// SMS over SMPP.
     Smpp(SmppChannelConfig),
+    /// Alphanumeric pagers through an SNPP gateway (RFC 1861).
+    Snpp(SnppChannelConfig),
+    /// Alphanumeric pagers through a TAP/IXO 1.8 paging terminal on a serial line.
+    Tap(TapChannelConfig),
 }
 
 impl ChannelConfig {
     pub fn id(&self) -> &str {
         match self {
             ChannelConfig::Smpp(c) => &c.id,
+            ChannelConfig::Snpp(c) => &c.id,
+            ChannelConfig::Tap(c) => &c.id,
         }
     }
+
+    /// The device kind this channel serves.
+    pub fn device_kind(&self) -> &'static str {
+        match self {
+            ChannelConfig::Smpp(_) => "sms",
+            ChannelConfig::Snpp(_) | ChannelConfig::Tap(_) => "pager",
+        }
+    }
+
+    pub fn template(&self) -> &str {
+        match self {
+            ChannelConfig::Smpp(c) => &c.template,
+            ChannelConfig::Snpp(c) => &c.template,
+            ChannelConfig::Tap(c) => &c.template,
+        }
+    }
+}
+
+pub fn default_pager_template() -> String {
+    "PIN {pin}[ {amount}][ {payee}][ exp {expires}]".into()
+}
+fn default_pager_chars() -> usize {
+    128
+}
+fn default_baud() -> u32 {
+    1200
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnppMessageCommand {
+    /// One line with MESS (RFC 1861 level 1).
+    #[default]
+    Mess,
+    /// DATA with dot-stuffing (level 2).
+    Data,
+    /// MESS when the text is one line, DATA otherwise.
+    Auto,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnppChannelConfig {
+    pub id: String,
+    /// `snpp://host:port` (port 444 by default) or `snpps://host:port` (TLS).
+    pub url: String,
+    /// Extra trust anchor (PEM) for a gateway with a private CA.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// LOGI user, when the gateway wants one; its password from `password_file`.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub message_command: SnppMessageCommand,
+    /// The pagers' display limit; the text is trimmed with the PIN line kept whole.
+    #[serde(default = "default_pager_chars")]
+    pub max_message_chars: usize,
+    #[serde(default = "default_pager_template")]
+    pub template: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TapChannelConfig {
+    pub id: String,
+    /// Serial device of the paging terminal line, e.g. /dev/ttyS0 (7E1, XON/XOFF).
+    pub device: PathBuf,
+    /// 300 or 1200 bit/s, as TAP 1.8 specifies (others are accepted for direct lines).
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// Terminal login password, when it wants one.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default = "default_pager_chars")]
+    pub max_message_chars: usize,
+    #[serde(default = "default_pager_template")]
+    pub template: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -642,6 +728,10 @@ impl Config {
             }
             match ch {
                 ChannelConfig::Smpp(c) => validate_smpp(&src, c)?,
+                ChannelConfig::Snpp(_) | ChannelConfig::Tap(_) => {
+                    crate::template::Template::parse(ch.template())
+                        .map_err(|e| ConfigError::invalid(&format!("{src}.template"), e))?;
+                }
             }
         }
         Ok(())
@@ -823,7 +913,9 @@ url = "loopback"
         assert_eq!(c.channels.len(), 1);
         assert_eq!(c.delivery.utc_offset, "+09:00");
         assert_eq!(c.api.tokens.len(), 2);
-        let ChannelConfig::Smpp(s) = &c.channels[0];
+        let ChannelConfig::Smpp(s) = &c.channels[0] else {
+            panic!("first channel is SMS")
+        };
         assert_eq!(s.interface_version, InterfaceVersion::V34);
         assert_eq!(s.max_tps, Some(50));
     }
@@ -834,7 +926,9 @@ url = "loopback"
         assert_eq!(c.api.listen, default_listen());
         assert_eq!(c.storage.durability, Durability::Full);
         assert!(c.secrets.generate_missing);
-        let ChannelConfig::Smpp(s) = &c.channels[0];
+        let ChannelConfig::Smpp(s) = &c.channels[0] else {
+            panic!("first channel is SMS")
+        };
         assert_eq!(s.url, "loopback");
     }
 

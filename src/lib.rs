@@ -189,9 +189,7 @@ pub fn smpp_config(
 pub fn plan_settings(config: &Config) -> store::PlanSettings {
     let mut routes = std::collections::HashMap::new();
     for c in &config.channels {
-        let kind = match c {
-            ChannelConfig::Smpp(_) => "sms",
-        };
+        let kind = c.device_kind();
         routes
             .entry(kind.to_owned())
             .or_insert_with(|| c.id().to_owned());
@@ -244,7 +242,89 @@ async fn build_channel(
             let ch = SmppChannel::start_durable(sc, receipts);
             Ok((Arc::new(ch) as Arc<dyn Channel>, template))
         }
+        ChannelConfig::Snpp(_) | ChannelConfig::Tap(_) => {
+            let err = |message: String| RunError::Channel {
+                id: cfg.id().to_owned(),
+                message,
+            };
+            let template = template::Template::parse(cfg.template()).map_err(err)?;
+            let pc = pager_config(cfg, true)?.expect("a pager channel");
+            let ch = pinpost_pager::PagerChannel::start(pc, plain_sink(receipts, background));
+            Ok((Arc::new(ch) as Arc<dyn Channel>, template))
+        }
     }
+}
+
+/// A receipt sink for drivers that answer their peer at once: receipts are forwarded to
+/// the daemon's durable sink without waiting for the commit.
+fn plain_sink(
+    durable: DurableReceiptSink,
+    background: &TaskTracker,
+) -> pinpost_channel_core::ReceiptSink {
+    let (tx, mut rx) = mpsc::channel(1024);
+    background.spawn(async move {
+        while let Some(receipt) = rx.recv().await {
+            let (stored, _) = oneshot::channel();
+            if durable
+                .send(pinpost_channel_core::DurableReceipt { receipt, stored })
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    tx
+}
+
+/// The driver configuration of a pager channel (None for other kinds). `read_secrets`
+/// false leaves password files unread, for `check-config`.
+pub fn pager_config(
+    cfg: &ChannelConfig,
+    read_secrets: bool,
+) -> Result<Option<pinpost_pager::PagerConfig>, RunError> {
+    let err = |message: String| RunError::Channel {
+        id: cfg.id().to_owned(),
+        message,
+    };
+    let secret = |f: &Option<std::path::PathBuf>| -> Result<Option<SecretString>, RunError> {
+        match f {
+            Some(path) if read_secrets => read_secret_file(path)
+                .map(Some)
+                .map_err(|e| err(format!("password_file {}: {e}", path.display()))),
+            Some(_) => Ok(Some(SecretString::from("checked".to_owned()))),
+            None => Ok(None),
+        }
+    };
+    let pc = match cfg {
+        ChannelConfig::Smpp(_) => return Ok(None),
+        ChannelConfig::Snpp(c) => {
+            let mut s = pinpost_pager::SnppConfig::new(ChannelId::new(&c.id), &c.url);
+            s.tls_ca_file = c.tls_ca_file.clone();
+            s.max_message_chars = c.max_message_chars;
+            s.message_command = match c.message_command {
+                config::SnppMessageCommand::Mess => pinpost_pager::SnppMessageCommand::Mess,
+                config::SnppMessageCommand::Data => pinpost_pager::SnppMessageCommand::Data,
+                config::SnppMessageCommand::Auto => pinpost_pager::SnppMessageCommand::Auto,
+            };
+            if let Some(user) = &c.user {
+                s.login = Some(pinpost_pager::SnppLogin {
+                    user: user.clone(),
+                    password: secret(&c.password_file)?,
+                });
+            }
+            pinpost_pager::PagerConfig::Snpp(s)
+        }
+        ChannelConfig::Tap(c) => {
+            let mut t = pinpost_pager::TapConfig::new(ChannelId::new(&c.id), &c.device);
+            t.baud = c.baud;
+            t.max_message_chars = c.max_message_chars;
+            t.password = secret(&c.password_file)?;
+            pinpost_pager::PagerConfig::Tap(t)
+        }
+    };
+    pc.validate().map_err(|e| err(e.to_string()))?;
+    Ok(Some(pc))
 }
 
 /// Run the daemon until `shutdown` is cancelled, then drain. `bound` receives the API

@@ -271,7 +271,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig(arg) => {
             let cfg = load_config(&arg)?;
             for c in &cfg.channels {
+                pinpost::pager_config(c, false)?;
                 match c {
+                    pinpost::config::ChannelConfig::Snpp(_)
+                    | pinpost::config::ChannelConfig::Tap(_) => {}
                     pinpost::config::ChannelConfig::Smpp(s) => {
                         let url = if s.url == "loopback" {
                             "smpp://127.0.0.1:2775".to_owned()

@@ -292,6 +292,12 @@ pub enum ChannelConfig {
     Snpp(SnppChannelConfig),
     /// Alphanumeric pagers through a TAP/IXO 1.8 paging terminal on a serial line.
     Tap(TapChannelConfig),
+    /// USSD push (network-initiated USSN) over SMPP.
+    Ussd(SmppChannelConfig),
+    /// E-mail to a PC, encrypted to the device's OpenPGP key.
+    Smtp(SmtpChannelConfig),
+    /// Car-navigation push over MQTT 5.
+    Mqtt(MqttChannelConfig),
 }
 
 impl ChannelConfig {
@@ -300,6 +306,9 @@ impl ChannelConfig {
             ChannelConfig::Smpp(c) => &c.id,
             ChannelConfig::Snpp(c) => &c.id,
             ChannelConfig::Tap(c) => &c.id,
+            ChannelConfig::Ussd(c) => &c.id,
+            ChannelConfig::Smtp(c) => &c.id,
+            ChannelConfig::Mqtt(c) => &c.id,
         }
     }
 
@@ -308,6 +317,9 @@ impl ChannelConfig {
         match self {
             ChannelConfig::Smpp(_) => "sms",
             ChannelConfig::Snpp(_) | ChannelConfig::Tap(_) => "pager",
+            ChannelConfig::Ussd(_) => "ussd",
+            ChannelConfig::Smtp(_) => "email",
+            ChannelConfig::Mqtt(_) => "carnav",
         }
     }
 
@@ -316,8 +328,91 @@ impl ChannelConfig {
             ChannelConfig::Smpp(c) => &c.template,
             ChannelConfig::Snpp(c) => &c.template,
             ChannelConfig::Tap(c) => &c.template,
+            ChannelConfig::Ussd(c) => &c.template,
+            ChannelConfig::Smtp(c) => &c.template,
+            ChannelConfig::Mqtt(c) => &c.template,
         }
     }
+}
+
+fn default_email_template() -> String {
+    "Your payment PIN: {pin}\n[Amount: {amount}\n][Payee: {payee}\n][Valid until: {expires}\n]".into()
+}
+fn default_subject() -> String {
+    "Your payment PIN".into()
+}
+fn default_carnav_template() -> String {
+    "PIN {pin}[ {amount}][ {payee}][ until {expires}]".into()
+}
+fn default_topic_template() -> String {
+    "vehicles/{vehicle_id}/pin".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// STARTTLS, required (no plaintext fallback); port 587 by default.
+    #[default]
+    Starttls,
+    /// TLS from the first byte; port 465 by default.
+    Implicit,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpChannelConfig {
+    pub id: String,
+    /// The submission server.
+    pub host: String,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    /// Extra trust anchor (PEM) for a server with a private CA.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// SMTP AUTH user; the password from `password_file`.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    pub from: String,
+    /// Sent in clear: keep it generic.
+    #[serde(default = "default_subject")]
+    pub subject: String,
+    /// The text inside the encrypted part.
+    #[serde(default = "default_email_template")]
+    pub template: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttChannelConfig {
+    pub id: String,
+    /// `mqtts://host:port` (or `mqtt://` with `allow_plaintext = true`, for tests).
+    pub broker_url: String,
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    pub client_id: String,
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate authentication.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Per-vehicle topic; `{vehicle_id}` is the device address.
+    #[serde(default = "default_topic_template")]
+    pub topic_template: String,
+    /// Where head units answer; default `pinpost/{client_id}/acks`.
+    #[serde(default)]
+    pub response_topic: Option<String>,
+    #[serde(default = "default_carnav_template")]
+    pub template: String,
 }
 
 pub fn default_pager_template() -> String {
@@ -727,8 +822,11 @@ impl Config {
                 ));
             }
             match ch {
-                ChannelConfig::Smpp(c) => validate_smpp(&src, c)?,
-                ChannelConfig::Snpp(_) | ChannelConfig::Tap(_) => {
+                ChannelConfig::Smpp(c) | ChannelConfig::Ussd(c) => validate_smpp(&src, c)?,
+                ChannelConfig::Snpp(_)
+                | ChannelConfig::Tap(_)
+                | ChannelConfig::Smtp(_)
+                | ChannelConfig::Mqtt(_) => {
                     crate::template::Template::parse(ch.template())
                         .map_err(|e| ConfigError::invalid(&format!("{src}.template"), e))?;
                 }

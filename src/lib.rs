@@ -204,11 +204,12 @@ pub fn plan_settings(config: &Config) -> store::PlanSettings {
 async fn build_channel(
     cfg: &ChannelConfig,
     receipts: DurableReceiptSink,
+    store: &Store,
     background: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(Arc<dyn Channel>, template::Template), RunError> {
     match cfg {
-        ChannelConfig::Smpp(c) => {
+        ChannelConfig::Smpp(c) | ChannelConfig::Ussd(c) => {
             let err = |message: String| RunError::Channel {
                 id: c.id.clone(),
                 message,
@@ -238,8 +239,27 @@ async fn build_channel(
             } else {
                 c.url.clone()
             };
-            let sc = smpp_config(c, url, smpp_password(c)?)?;
+            let mut sc = smpp_config(c, url, smpp_password(c)?)?;
+            if matches!(cfg, ChannelConfig::Ussd(_)) {
+                // A notification (USSN request); the handset's confirmation is the receipt.
+                sc.service = pinpost_smpp::client::SmppService::Ussd { op: 3 };
+            }
             let ch = SmppChannel::start_durable(sc, receipts);
+            Ok((Arc::new(ch) as Arc<dyn Channel>, template))
+        }
+        ChannelConfig::Smtp(c) => {
+            let err = |message: String| RunError::Channel { id: c.id.clone(), message };
+            let template = template::Template::parse(&c.template).map_err(err)?;
+            let ec = email_config(c, true)?;
+            let keys = Arc::new(registry::RegistryKeys::new(store.clone()));
+            let ch = pinpost_email::EmailChannel::start(ec, keys, plain_sink(receipts, background));
+            Ok((Arc::new(ch) as Arc<dyn Channel>, template))
+        }
+        ChannelConfig::Mqtt(c) => {
+            let err = |message: String| RunError::Channel { id: c.id.clone(), message };
+            let template = template::Template::parse(&c.template).map_err(err)?;
+            let pc = push_config(c, true)?;
+            let ch = pinpost_push::PushChannel::start(pc, plain_sink(receipts, background));
             Ok((Arc::new(ch) as Arc<dyn Channel>, template))
         }
         ChannelConfig::Snpp(_) | ChannelConfig::Tap(_) => {
@@ -253,6 +273,61 @@ async fn build_channel(
             Ok((Arc::new(ch) as Arc<dyn Channel>, template))
         }
     }
+}
+
+fn optional_secret(
+    id: &str,
+    path: &Option<std::path::PathBuf>,
+    read: bool,
+) -> Result<Option<SecretString>, RunError> {
+    match path {
+        Some(p) if read => read_secret_file(p).map(Some).map_err(|e| RunError::Channel {
+            id: id.to_owned(),
+            message: format!("password_file {}: {e}", p.display()),
+        }),
+        Some(_) => Ok(Some(SecretString::from("checked".to_owned()))),
+        None => Ok(None),
+    }
+}
+
+/// The driver configuration of an e-mail channel. `read_secrets` false leaves password
+/// files unread, for `check-config`.
+pub fn email_config(
+    c: &config::SmtpChannelConfig,
+    read_secrets: bool,
+) -> Result<pinpost_email::EmailConfig, RunError> {
+    let mut e = pinpost_email::EmailConfig::new(ChannelId::new(&c.id), &c.host, &c.from);
+    e.port = c.port;
+    e.tls = match c.tls {
+        config::SmtpTls::Starttls => pinpost_email::Tls::StartTls,
+        config::SmtpTls::Implicit => pinpost_email::Tls::Implicit,
+    };
+    e.tls_ca_file = c.tls_ca_file.clone();
+    e.username = c.username.clone().map(SecretString::from);
+    e.password = optional_secret(&c.id, &c.password_file, read_secrets)?;
+    e.subject = c.subject.clone();
+    e.validate().map_err(|err| RunError::Channel { id: c.id.clone(), message: err.to_string() })?;
+    Ok(e)
+}
+
+/// The driver configuration of a car-navigation push channel.
+pub fn push_config(
+    c: &config::MqttChannelConfig,
+    read_secrets: bool,
+) -> Result<pinpost_push::PushConfig, RunError> {
+    let mut p = pinpost_push::PushConfig::new(ChannelId::new(&c.id), &c.broker_url, &c.client_id);
+    p.allow_plaintext = c.allow_plaintext;
+    p.tls_ca_file = c.tls_ca_file.clone();
+    p.client_cert_file = c.client_cert_file.clone();
+    p.client_key_file = c.client_key_file.clone();
+    p.username = c.username.clone();
+    p.password = optional_secret(&c.id, &c.password_file, read_secrets)?;
+    p.topic_template = c.topic_template.clone();
+    if let Some(t) = &c.response_topic {
+        p.response_topic = t.clone();
+    }
+    p.validate().map_err(|err| RunError::Channel { id: c.id.clone(), message: err.to_string() })?;
+    Ok(p)
 }
 
 /// A receipt sink for drivers that answer their peer at once: receipts are forwarded to
@@ -297,7 +372,10 @@ pub fn pager_config(
         }
     };
     let pc = match cfg {
-        ChannelConfig::Smpp(_) => return Ok(None),
+        ChannelConfig::Smpp(_)
+        | ChannelConfig::Ussd(_)
+        | ChannelConfig::Smtp(_)
+        | ChannelConfig::Mqtt(_) => return Ok(None),
         ChannelConfig::Snpp(c) => {
             let mut s = pinpost_pager::SnppConfig::new(ChannelId::new(&c.id), &c.url);
             s.tls_ca_file = c.tls_ca_file.clone();
@@ -358,7 +436,7 @@ pub async fn run(
     let mut channels: Channels = BTreeMap::new();
     let mut routes = Vec::new();
     for c in &config.channels {
-        let (ch, template) = build_channel(c, receipt_tx.clone(), &background, &sim_stop).await?;
+        let (ch, template) = build_channel(c, receipt_tx.clone(), &store, &background, &sim_stop).await?;
         channels.insert(c.id().to_owned(), ch.clone());
         routes.push(Arc::new(dispatch::Route {
             channel: ch,

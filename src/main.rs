@@ -275,7 +275,14 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 match c {
                     pinpost::config::ChannelConfig::Snpp(_)
                     | pinpost::config::ChannelConfig::Tap(_) => {}
-                    pinpost::config::ChannelConfig::Smpp(s) => {
+                    pinpost::config::ChannelConfig::Smtp(e) => {
+                        pinpost::email_config(e, false)?;
+                    }
+                    pinpost::config::ChannelConfig::Mqtt(m) => {
+                        pinpost::push_config(m, false)?;
+                    }
+                    pinpost::config::ChannelConfig::Smpp(s)
+                    | pinpost::config::ChannelConfig::Ussd(s) => {
                         let url = if s.url == "loopback" {
                             "smpp://127.0.0.1:2775".to_owned()
                         } else {

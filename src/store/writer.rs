@@ -716,14 +716,16 @@ impl Writer {
         } else {
             (State::Delivered, "delivered", None)
         };
-        let step: Option<i64> = self
+        // address is NULL only for the implicit plan (SMS to the msisdn): no steps to close.
+        let step: Option<(i64, bool)> = self
             .conn
             .prepare_cached(
-                "SELECT step FROM deliveries WHERE id = ?1 AND state = 'submitted' AND final = 0",
+                "SELECT step, address IS NOT NULL FROM deliveries
+                 WHERE id = ?1 AND state = 'submitted' AND final = 0",
             )?
-            .query_row(params![delivery_id], |r| r.get(0))
+            .query_row(params![delivery_id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        let Some(step) = step else { return Ok(()) };
+        let Some((step, planned)) = step else { return Ok(()) };
         self.conn
             .prepare_cached(
                 "UPDATE attempts SET outcome = ?3, finished_at = ?4, error = ?5
@@ -738,7 +740,7 @@ impl Writer {
             State::Failed => "failed",
             _ => "unknown",
         };
-        if self.end_step(&delivery_id, step, step_outcome, error.as_deref(), r.at)? {
+        if planned && self.end_step(&delivery_id, step, step_outcome, error.as_deref(), r.at)? {
             return Ok(());
         }
         self.conn

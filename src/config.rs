@@ -298,6 +298,8 @@ pub enum ChannelConfig {
     Smtp(SmtpChannelConfig),
     /// Car-navigation push over MQTT 5.
     Mqtt(MqttChannelConfig),
+    /// Fax pages through Class 2.0 modems.
+    Fax(FaxChannelConfig),
 }
 
 impl ChannelConfig {
@@ -309,6 +311,7 @@ impl ChannelConfig {
             ChannelConfig::Ussd(c) => &c.id,
             ChannelConfig::Smtp(c) => &c.id,
             ChannelConfig::Mqtt(c) => &c.id,
+            ChannelConfig::Fax(c) => &c.id,
         }
     }
 
@@ -320,6 +323,7 @@ impl ChannelConfig {
             ChannelConfig::Ussd(_) => "ussd",
             ChannelConfig::Smtp(_) => "email",
             ChannelConfig::Mqtt(_) => "carnav",
+            ChannelConfig::Fax(_) => "fax",
         }
     }
 
@@ -331,12 +335,92 @@ impl ChannelConfig {
             ChannelConfig::Ussd(c) => &c.template,
             ChannelConfig::Smtp(c) => &c.template,
             ChannelConfig::Mqtt(c) => &c.template,
+            ChannelConfig::Fax(c) => &c.template,
         }
     }
 }
 
+/// The fax page: the first line (the PIN) is set large, the others below it.
+pub fn default_fax_template() -> String {
+    "PIN {pin}\n[Amount: {amount}\n][Payee: {payee}\n][Valid until: {expires}\n]Issued by pinpost"
+        .into()
+}
+fn default_fax_baud() -> u32 {
+    115_200
+}
+fn default_national_prefix() -> String {
+    "0".into()
+}
+fn default_international_prefix() -> String {
+    "00".into()
+}
+fn default_max_dials() -> u32 {
+    3
+}
+fn default_redial_delays() -> Vec<String> {
+    vec!["30s".into(), "90s".into()]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowControlConfig {
+    /// RTS/CTS (+FLO=2).
+    #[default]
+    Hardware,
+    /// XON/XOFF (+FLO=1).
+    Software,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaxResolution {
+    /// 196 lines per inch.
+    #[default]
+    Fine,
+    /// 98 lines per inch.
+    Standard,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaxChannelConfig {
+    pub id: String,
+    /// Serial devices of the Class 2.0 modems; one call per modem at a time.
+    pub devices: Vec<String>,
+    #[serde(default = "default_fax_baud")]
+    pub baud_rate: u32,
+    #[serde(default)]
+    pub flow_control: FlowControlConfig,
+    /// Our station id (TSI), at most 20 characters, e.g. "+81 3 0000 0000".
+    #[serde(default)]
+    pub local_id: String,
+    /// Dial plan: dialled before every number (e.g. "0," for an outside line).
+    #[serde(default)]
+    pub dial_prefix: String,
+    /// The country the modems dial from; E.164 numbers of it are dialled nationally.
+    #[serde(default)]
+    pub country_code: Option<String>,
+    #[serde(default = "default_national_prefix")]
+    pub national_prefix: String,
+    #[serde(default = "default_international_prefix")]
+    pub international_prefix: String,
+    #[serde(default)]
+    pub resolution: FaxResolution,
+    /// Dials per number (busy, no answer, no carrier are redialled).
+    #[serde(default = "default_max_dials")]
+    pub max_dials: u32,
+    /// Pauses between dials, e.g. ["30s", "90s"] (the last repeats).
+    #[serde(default = "default_redial_delays")]
+    pub redial_delays: Vec<String>,
+    /// The page text; its first line (with the PIN) is set large.
+    #[serde(default = "default_fax_template")]
+    pub template: String,
+}
+
 fn default_email_template() -> String {
-    "Your payment PIN: {pin}\n[Amount: {amount}\n][Payee: {payee}\n][Valid until: {expires}\n]".into()
+    "Your payment PIN: {pin}\n[Amount: {amount}\n][Payee: {payee}\n][Valid until: {expires}\n]"
+        .into()
 }
 fn default_subject() -> String {
     "Your payment PIN".into()
@@ -826,7 +910,8 @@ impl Config {
                 ChannelConfig::Snpp(_)
                 | ChannelConfig::Tap(_)
                 | ChannelConfig::Smtp(_)
-                | ChannelConfig::Mqtt(_) => {
+                | ChannelConfig::Mqtt(_)
+                | ChannelConfig::Fax(_) => {
                     crate::template::Template::parse(ch.template())
                         .map_err(|e| ConfigError::invalid(&format!("{src}.template"), e))?;
                 }

@@ -248,15 +248,31 @@ async fn build_channel(
             Ok((Arc::new(ch) as Arc<dyn Channel>, template))
         }
         ChannelConfig::Smtp(c) => {
-            let err = |message: String| RunError::Channel { id: c.id.clone(), message };
+            let err = |message: String| RunError::Channel {
+                id: c.id.clone(),
+                message,
+            };
             let template = template::Template::parse(&c.template).map_err(err)?;
             let ec = email_config(c, true)?;
             let keys = Arc::new(registry::RegistryKeys::new(store.clone()));
             let ch = pinpost_email::EmailChannel::start(ec, keys, plain_sink(receipts, background));
             Ok((Arc::new(ch) as Arc<dyn Channel>, template))
         }
+        ChannelConfig::Fax(c) => {
+            let err = |message: String| RunError::Channel {
+                id: c.id.clone(),
+                message,
+            };
+            let template = template::Template::parse(&c.template).map_err(err)?;
+            let fc = fax_config(c)?;
+            let ch = pinpost_fax::FaxChannel::start(fc, plain_sink(receipts, background));
+            Ok((Arc::new(ch) as Arc<dyn Channel>, template))
+        }
         ChannelConfig::Mqtt(c) => {
-            let err = |message: String| RunError::Channel { id: c.id.clone(), message };
+            let err = |message: String| RunError::Channel {
+                id: c.id.clone(),
+                message,
+            };
             let template = template::Template::parse(&c.template).map_err(err)?;
             let pc = push_config(c, true)?;
             let ch = pinpost_push::PushChannel::start(pc, plain_sink(receipts, background));
@@ -281,10 +297,12 @@ fn optional_secret(
     read: bool,
 ) -> Result<Option<SecretString>, RunError> {
     match path {
-        Some(p) if read => read_secret_file(p).map(Some).map_err(|e| RunError::Channel {
-            id: id.to_owned(),
-            message: format!("password_file {}: {e}", p.display()),
-        }),
+        Some(p) if read => read_secret_file(p)
+            .map(Some)
+            .map_err(|e| RunError::Channel {
+                id: id.to_owned(),
+                message: format!("password_file {}: {e}", p.display()),
+            }),
         Some(_) => Ok(Some(SecretString::from("checked".to_owned()))),
         None => Ok(None),
     }
@@ -306,8 +324,49 @@ pub fn email_config(
     e.username = c.username.clone().map(SecretString::from);
     e.password = optional_secret(&c.id, &c.password_file, read_secrets)?;
     e.subject = c.subject.clone();
-    e.validate().map_err(|err| RunError::Channel { id: c.id.clone(), message: err.to_string() })?;
+    e.validate().map_err(|err| RunError::Channel {
+        id: c.id.clone(),
+        message: err.to_string(),
+    })?;
     Ok(e)
+}
+
+/// The driver configuration of a fax channel.
+pub fn fax_config(c: &config::FaxChannelConfig) -> Result<pinpost_fax::FaxConfig, RunError> {
+    let err = |message: String| RunError::Channel {
+        id: c.id.clone(),
+        message,
+    };
+    let mut f = pinpost_fax::FaxConfig::new(&c.id, c.devices.clone());
+    f.baud_rate = c.baud_rate;
+    f.flow_control = match c.flow_control {
+        config::FlowControlConfig::Hardware => pinpost_modem::FlowControl::Hardware,
+        config::FlowControlConfig::Software => pinpost_modem::FlowControl::Software,
+        config::FlowControlConfig::None => pinpost_modem::FlowControl::None,
+    };
+    f.local_id = c.local_id.clone();
+    f.dial_plan = pinpost_fax::DialPlan {
+        prefix: c.dial_prefix.clone(),
+        country_code: c.country_code.clone(),
+        national_prefix: c.national_prefix.clone(),
+        international_prefix: c.international_prefix.clone(),
+        tone: true,
+    };
+    f.resolution = match c.resolution {
+        config::FaxResolution::Fine => pinpost_fax::Resolution::Fine,
+        config::FaxResolution::Standard => pinpost_fax::Resolution::Standard,
+    };
+    let delays = c
+        .redial_delays
+        .iter()
+        .map(|d| config::parse_duration(d).map_err(|e| err(format!("redial_delays: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    f.redial = pinpost_fax::RedialPolicy {
+        max_dials: c.max_dials,
+        delays,
+    };
+    f.validate().map_err(|e| err(e.to_string()))?;
+    Ok(f)
 }
 
 /// The driver configuration of a car-navigation push channel.
@@ -326,7 +385,10 @@ pub fn push_config(
     if let Some(t) = &c.response_topic {
         p.response_topic = t.clone();
     }
-    p.validate().map_err(|err| RunError::Channel { id: c.id.clone(), message: err.to_string() })?;
+    p.validate().map_err(|err| RunError::Channel {
+        id: c.id.clone(),
+        message: err.to_string(),
+    })?;
     Ok(p)
 }
 
@@ -375,7 +437,8 @@ pub fn pager_config(
         ChannelConfig::Smpp(_)
         | ChannelConfig::Ussd(_)
         | ChannelConfig::Smtp(_)
-        | ChannelConfig::Mqtt(_) => return Ok(None),
+        | ChannelConfig::Mqtt(_)
+        | ChannelConfig::Fax(_) => return Ok(None),
         ChannelConfig::Snpp(c) => {
             let mut s = pinpost_pager::SnppConfig::new(ChannelId::new(&c.id), &c.url);
             s.tls_ca_file = c.tls_ca_file.clone();
@@ -436,7 +499,8 @@ pub async fn run(
     let mut channels: Channels = BTreeMap::new();
     let mut routes = Vec::new();
     for c in &config.channels {
-        let (ch, template) = build_channel(c, receipt_tx.clone(), &store, &background, &sim_stop).await?;
+        let (ch, template) =
+            build_channel(c, receipt_tx.clone(), &store, &background, &sim_stop).await?;
         channels.insert(c.id().to_owned(), ch.clone());
         routes.push(Arc::new(dispatch::Route {
             channel: ch,

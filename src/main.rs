@@ -61,6 +61,18 @@ enum Command {
     /// Bulk loads.
     #[command(subcommand)]
     Import(ImportCmd),
+    /// Render the fax page of a sample PIN notice to PNG or TIFF (Class F), to look at.
+    FaxPreview {
+        /// page.png or page.tiff.
+        #[arg(long)]
+        out: PathBuf,
+        /// 98 lpi instead of 196.
+        #[arg(long)]
+        standard: bool,
+        /// Take the page template of the first fax channel of this config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Show a delivery.
     Status {
         id: String,
@@ -281,6 +293,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     pinpost::config::ChannelConfig::Mqtt(m) => {
                         pinpost::push_config(m, false)?;
                     }
+                    pinpost::config::ChannelConfig::Fax(f) => {
+                        pinpost::fax_config(f)?;
+                    }
                     pinpost::config::ChannelConfig::Smpp(s)
                     | pinpost::config::ChannelConfig::Ussd(s) => {
                         let url = if s.url == "loopback" {
@@ -347,6 +362,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Enqueue(a) => enqueue(a),
+        Command::FaxPreview {
+            out,
+            standard,
+            config,
+        } => fax_preview(out, standard, config),
         Command::Subscriber(c) => runtime()?.block_on(subscriber_cmd(c)),
         Command::Device(c) => runtime()?.block_on(device_cmd(c)),
         Command::Import(ImportCmd::Subscribers {
@@ -594,5 +614,41 @@ async fn import_subscribers(file: PathBuf, partial: bool, config: ConfigArg) -> 
         "imported {total} rows: {subs} new subscribers, {devs} devices; {} rows rejected",
         bad.len()
     );
+    Ok(())
+}
+
+fn fax_preview(out: PathBuf, standard: bool, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let template_src = match &config {
+        Some(p) => {
+            let cfg = Config::load(p, std::env::vars())?;
+            cfg.channels
+                .iter()
+                .find_map(|c| match c {
+                    pinpost::config::ChannelConfig::Fax(f) => Some(f.template.clone()),
+                    _ => None,
+                })
+                .context("the config has no fax channel")?
+        }
+        None => pinpost::config::default_fax_template(),
+    };
+    let template = pinpost::template::Template::parse(&template_src).map_err(anyhow::Error::msg)?;
+    let pin = pinpost_channel_core::SecretString::from("4921773055614410".to_owned());
+    let text = template.render(&pinpost::template::Values {
+        pin: &pin,
+        amount: Some("3000 JPY"),
+        payee: Some("Example Shop"),
+        expires: Some("2026-12-01 09:00 +09:00"),
+    });
+    let format = pinpost_fax::PreviewFormat::from_path(&out)
+        .context("--out must end in .png, .tif or .tiff")?;
+    let resolution = if standard {
+        pinpost_fax::Resolution::Standard
+    } else {
+        pinpost_fax::Resolution::Fine
+    };
+    use pinpost_channel_core::ExposeSecret;
+    let bytes = pinpost_fax::render_preview(text.expose_secret(), resolution, format)?;
+    std::fs::write(&out, bytes).with_context(|| format!("{}", out.display()))?;
+    println!("wrote {} (sample PIN 4921 7730 5561 4410)", out.display());
     Ok(())
 }

@@ -354,6 +354,46 @@ pub async fn import(
         .await
 }
 
+/// OpenPGP keys for the e-mail channel, from the options of registered e-mail devices:
+/// `{"openpgp_key": "-----BEGIN PGP PUBLIC KEY BLOCK-----...", "allow_plaintext": false}`.
+pub struct RegistryKeys {
+    store: Store,
+}
+
+impl RegistryKeys {
+    pub fn new(store: Store) -> RegistryKeys {
+        RegistryKeys { store }
+    }
+}
+
+#[async_trait::async_trait]
+impl pinpost_email::KeyLookup for RegistryKeys {
+    async fn key_for(&self, address: &str) -> Option<(String, bool)> {
+        let address = address.to_owned();
+        let options: Option<String> = self
+            .store
+            .read(move |c| {
+                Ok(c.prepare_cached(
+                    "SELECT options FROM devices WHERE kind = 'email' AND address = ?1
+                     ORDER BY created_at DESC LIMIT 1",
+                )?
+                .query_row(params![address], |r| r.get::<_, Option<String>>(0))
+                .optional()?
+                .flatten())
+            })
+            .await
+            .ok()
+            .flatten();
+        let v: serde_json::Value = serde_json::from_str(&options?).ok()?;
+        let plain = v["allow_plaintext"].as_bool().unwrap_or(false);
+        match v["openpgp_key"].as_str() {
+            Some(k) if !k.trim().is_empty() => Some((k.to_owned(), plain)),
+            _ if plain => Some((String::new(), true)),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,45 +462,5 @@ mod tests {
         assert_eq!(bad[1].0, 5);
         let (_, bad) = parse_import("phone,name\n1,2\n".as_bytes(), None);
         assert_eq!(bad[0].0, 1);
-    }
-}
-
-/// OpenPGP keys for the e-mail channel, from the options of registered e-mail devices:
-/// `{"openpgp_key": "-----BEGIN PGP PUBLIC KEY BLOCK-----...", "allow_plaintext": false}`.
-pub struct RegistryKeys {
-    store: Store,
-}
-
-impl RegistryKeys {
-    pub fn new(store: Store) -> RegistryKeys {
-        RegistryKeys { store }
-    }
-}
-
-#[async_trait::async_trait]
-impl pinpost_email::KeyLookup for RegistryKeys {
-    async fn key_for(&self, address: &str) -> Option<(String, bool)> {
-        let address = address.to_owned();
-        let options: Option<String> = self
-            .store
-            .read(move |c| {
-                Ok(c.prepare_cached(
-                    "SELECT options FROM devices WHERE kind = 'email' AND address = ?1
-                     ORDER BY created_at DESC LIMIT 1",
-                )?
-                .query_row(params![address], |r| r.get::<_, Option<String>>(0))
-                .optional()?
-                .flatten())
-            })
-            .await
-            .ok()
-            .flatten();
-        let v: serde_json::Value = serde_json::from_str(&options?).ok()?;
-        let plain = v["allow_plaintext"].as_bool().unwrap_or(false);
-        match v["openpgp_key"].as_str() {
-            Some(k) if !k.trim().is_empty() => Some((k.to_owned(), plain)),
-            _ if plain => Some((String::new(), true)),
-            _ => None,
-        }
     }
 }

@@ -725,7 +725,9 @@ impl Writer {
             )?
             .query_row(params![delivery_id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        let Some((step, planned)) = step else { return Ok(()) };
+        let Some((step, planned)) = step else {
+            return Ok(());
+        };
         self.conn
             .prepare_cached(
                 "UPDATE attempts SET outcome = ?3, finished_at = ?4, error = ?5

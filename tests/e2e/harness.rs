@@ -196,6 +196,8 @@ pub fn free_port() -> u16 {
 }
 
 pub struct DaemonOpts {
+    /// More `[[channel]]` tables, appended to the config.
+    pub extra_channels: String,
     pub smsc_url: String,
     pub window: usize,
     pub extra_delivery: &'static str,
@@ -205,6 +207,7 @@ pub struct DaemonOpts {
 impl DaemonOpts {
     pub fn new(smsc: &str) -> Self {
         DaemonOpts {
+            extra_channels: String::new(),
             smsc_url: smsc.to_owned(),
             window: 10,
             extra_delivery: "",
@@ -260,12 +263,14 @@ system_id = "pinpost"
 password = "secret"
 window = {window}
 response_timeout = "2s"
+{extra_channels}
 "#,
         dir = dir.display(),
         extra = o.extra_delivery,
         filter = o.log_filter,
         url = o.smsc_url,
         window = o.window,
+        extra_channels = o.extra_channels,
     );
     let path = dir.join("pinpost.toml");
     std::fs::write(&path, text).unwrap();

@@ -4,5 +4,6 @@
 mod api;
 mod cli;
 mod delivery;
+mod fax;
 mod harness;
 mod registry;

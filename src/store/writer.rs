@@ -523,6 +523,14 @@ impl Writer {
                     step,
                 })?;
                 if is_final {
+                    // The peer took it and will say no more: the plan ends here.
+                    self.conn
+                        .prepare_cached(
+                            "UPDATE delivery_steps SET outcome = 'unknown', ended_at = ?3,
+                                reason = 'accepted; this channel reports no delivery'
+                             WHERE delivery_id = ?1 AND step = ?2",
+                        )?
+                        .execute(params![f.id, step, f.finished_at])?;
                     return Ok(());
                 }
                 for r in provider_refs {

@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod delivery;
+mod email;
 mod fax;
 mod harness;
 mod registry;

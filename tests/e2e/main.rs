@@ -7,4 +7,5 @@ mod delivery;
 mod email;
 mod fax;
 mod harness;
+mod push;
 mod registry;

@@ -1,0 +1,142 @@
+//! USSD push and car-navigation push through the real daemon.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::*;
+
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A Mosquitto 2 broker of the test's own on a free loopback port.
+fn mosquitto(dir: &std::path::Path) -> (Broker, u16) {
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("mosquitto is not installed: apt-get install -y mosquitto");
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )
+    .unwrap();
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Broker(child), port)
+}
+
+fn admin(d: &Daemon, method: &str, path: &str, body: Option<serde_json::Value>) -> Resp {
+    let b = body.map(|b| b.to_string());
+    http(
+        method,
+        &format!("{}{path}", d.base),
+        Some(ADMIN_TOKEN),
+        &[],
+        b.as_deref(),
+    )
+}
+
+#[test]
+fn ussd_push_is_delivered_by_the_handset_confirmation() {
+    let smsc = Smsc::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = DaemonOpts::new(&format!("smpp://{}", smsc.addr));
+    o.extra_channels = format!(
+        "[[channel]]\nid = \"ussd\"\nkind = \"ussd\"\nurl = \"smpp://{}\"\nsystem_id = \"pinpost\"\npassword = \"secret\"\n",
+        smsc.addr
+    );
+    let d = Daemon::start(dir.path(), &o);
+    admin(&d, "PUT", "/v1/subscribers/+819012345678", None);
+    let r = admin(
+        &d,
+        "POST",
+        "/v1/subscribers/+819012345678/devices",
+        Some(json!({"kind": "ussd", "address": "+819012345678"})),
+    );
+    assert_eq!(r.status, 201, "{}", r.raw);
+    let r = d.enqueue("ussd-1", &delivery("+819012345678", "4921773055614410"));
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    d.wait_states(
+        std::slice::from_ref(&id),
+        &["delivered"],
+        Duration::from_secs(20),
+    );
+    let v = d.get(&id).body;
+    assert_eq!(v["channel"], "ussd");
+    let msgs = smsc.wait_messages(1, Duration::from_secs(10));
+    assert_eq!(msgs[0]["service_type"], "USSD");
+    assert_eq!(msgs[0]["ussd_service_op"], 3, "a USSN request");
+    assert_eq!(msgs[0]["parts"], 1, "never concatenated");
+}
+
+#[test]
+fn offline_head_unit_falls_through_to_sms_after_its_step_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, port) = mosquitto(dir.path());
+    let smsc = Smsc::start(&[]);
+    let mut o = DaemonOpts::new(&format!("smpp://{}", smsc.addr));
+    o.extra_channels = format!(
+        "[[channel]]\nid = \"carnav\"\nkind = \"mqtt\"\nbroker_url = \"mqtt://127.0.0.1:{port}\"\nallow_plaintext = true\nclient_id = \"pinpost-e2e\"\n"
+    );
+    let d = Daemon::start(dir.path(), &o);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http("GET", &format!("{}/readyz", d.base), None, &[], None).status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the MQTT channel never came up:\n{}",
+            d.proc.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    admin(&d, "PUT", "/v1/subscribers/+819012345678", None);
+    for body in [
+        json!({"kind": "carnav", "address": "VIN-JT123", "priority": 10, "step_timeout": "1s"}),
+        json!({"kind": "sms", "address": "+819012345678", "priority": 20}),
+    ] {
+        let r = admin(
+            &d,
+            "POST",
+            "/v1/subscribers/+819012345678/devices",
+            Some(body),
+        );
+        assert_eq!(r.status, 201, "{}", r.raw);
+    }
+    let r = d.enqueue("car-1", &delivery("+819012345678", "4921773055614410"));
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    d.wait_states(
+        std::slice::from_ref(&id),
+        &["delivered"],
+        Duration::from_secs(30),
+    );
+    let v = d.get(&id).body;
+    let steps = v["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["kind"], "carnav");
+    assert_eq!(steps[0]["outcome"], "timed_out", "{v}");
+    assert_eq!(steps[1]["outcome"], "delivered", "{v}");
+    let attempts = v["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["channel"], "carnav");
+    assert_eq!(
+        attempts[0]["outcome"], "unknown",
+        "published (PUBACK), never acknowledged: {v}"
+    );
+    assert_eq!(smsc.wait_messages(1, Duration::from_secs(10)).len(), 1);
+}

@@ -139,43 +139,19 @@ from = "pins@carrier.example"
         dir = dir.path().display(),
     );
     let d = Daemon::start(dir.path(), &o);
-    let admin = |method: &str, path: &str, body: Option<serde_json::Value>| {
-        let b = body.map(|b| b.to_string());
-        http(
-            method,
-            &format!("{}{path}", d.base),
-            Some(ADMIN_TOKEN),
-            &[],
-            b.as_deref(),
-        )
-    };
     let key =
         std::fs::read_to_string(root().join("channels/email/tests/keys/alice.pub.asc")).unwrap();
-    assert_eq!(
-        admin("PUT", "/v1/subscribers/+819012345678", None).status,
-        201
+    d.register(
+        "+819012345678",
+        &[
+            json!({"kind": "sms", "address": "+819012345678", "priority": 10}),
+            json!({"kind": "ussd", "address": "+819012345678", "priority": 20}),
+            json!({"kind": "email", "address": "alice@pinpost.test", "priority": 30, "options": {"openpgp_key": key}}),
+        ],
     );
-    for body in [
-        json!({"kind": "sms", "address": "+819012345678", "priority": 10}),
-        json!({"kind": "ussd", "address": "+819012345678", "priority": 20}),
-        json!({"kind": "email", "address": "alice@pinpost.test", "priority": 30, "options": {"openpgp_key": key}}),
-    ] {
-        let r = admin("POST", "/v1/subscribers/+819012345678/devices", Some(body));
-        assert_eq!(r.status, 201, "{}", r.raw);
-    }
-    let r = d.enqueue(
-        "mail-1",
-        &json!({"msisdn": "+819012345678", "pin": CANARY, "payee": "Example Shop"}),
-    );
-    assert_eq!(r.status, 202, "{}", r.raw);
-    let id = r.body["id"].as_str().unwrap().to_owned();
     // E-mail has no receipts: accepted by the server (250 to DATA) is as far as it goes.
-    d.wait_states(
-        std::slice::from_ref(&id),
-        &["submitted"],
-        Duration::from_secs(60),
-    );
-    let v = d.get(&id).body;
+    let body = json!({"msisdn": "+819012345678", "pin": CANARY, "payee": "Example Shop"});
+    let v = d.deliver("mail-1", &body, &["submitted"], Duration::from_secs(60));
     let steps = v["steps"].as_array().unwrap();
     let kinds: Vec<&str> = steps.iter().map(|s| s["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["sms", "ussd", "email"], "{v}");

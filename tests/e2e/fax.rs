@@ -82,41 +82,17 @@ redial_delays = ["100ms"]
         modem.path()
     );
     let d = Daemon::start(dir.path(), &o);
-    let admin = |method: &str, path: &str, body: Option<serde_json::Value>| {
-        let b = body.map(|b| b.to_string());
-        http(
-            method,
-            &format!("{}{path}", d.base),
-            Some(ADMIN_TOKEN),
-            &[],
-            b.as_deref(),
-        )
-    };
-    assert_eq!(
-        admin("PUT", "/v1/subscribers/+819012345678", None).status,
-        201
+    d.register(
+        "+819012345678",
+        &[
+            json!({"kind": "sms", "address": "+819012345678", "priority": 10}),
+            json!({"kind": "fax", "address": "03-1234-5678", "priority": 20}),
+        ],
     );
-    for (kind, addr, prio) in [("sms", "+819012345678", 10), ("fax", "03-1234-5678", 20)] {
-        let r = admin(
-            "POST",
-            "/v1/subscribers/+819012345678/devices",
-            Some(json!({"kind": kind, "address": addr, "priority": prio})),
-        );
-        assert_eq!(r.status, 201, "{}", r.raw);
-    }
     let pin = "4921773055614410";
-    let r = d.enqueue(
-        "fax-1",
-        &json!({"msisdn": "+819012345678", "pin": pin, "amount": {"value": "3000", "currency": "JPY"}, "payee": "Example Shop"}),
-    );
-    assert_eq!(r.status, 202, "{}", r.raw);
-    let id = r.body["id"].as_str().unwrap().to_owned();
-    d.wait_states(
-        std::slice::from_ref(&id),
-        &["delivered"],
-        Duration::from_secs(60),
-    );
-    let v = d.get(&id).body;
+    let body = json!({"msisdn": "+819012345678", "pin": pin,
+                      "amount": {"value": "3000", "currency": "JPY"}, "payee": "Example Shop"});
+    let v = d.deliver("fax-1", &body, &["delivered"], Duration::from_secs(60));
     let steps = v["steps"].as_array().unwrap();
     assert_eq!(steps[0]["outcome"], "failed", "{v}");
     assert_eq!(steps[1]["kind"], "fax");

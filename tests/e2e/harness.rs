@@ -368,6 +368,41 @@ impl Daemon {
         )
     }
 
+    /// A request with the admin token.
+    pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
+        let b = body.map(|b| b.to_string());
+        http(
+            method,
+            &format!("{}{path}", self.base),
+            Some(ADMIN_TOKEN),
+            &[],
+            b.as_deref(),
+        )
+    }
+
+    /// Register `msisdn` with these devices (each the body of a device POST).
+    pub fn register(&self, msisdn: &str, devices: &[Value]) {
+        let r = self.admin("PUT", &format!("/v1/subscribers/{msisdn}"), None);
+        assert!(r.status == 201 || r.status == 200, "{}", r.raw);
+        for dev in devices {
+            let r = self.admin(
+                "POST",
+                &format!("/v1/subscribers/{msisdn}/devices"),
+                Some(dev.clone()),
+            );
+            assert_eq!(r.status, 201, "{}", r.raw);
+        }
+    }
+
+    /// Enqueue, wait until the delivery is final in one of `states`, return its view.
+    pub fn deliver(&self, key: &str, body: &Value, states: &[&str], timeout: Duration) -> Value {
+        let r = self.enqueue(key, body);
+        assert_eq!(r.status, 202, "{}", r.raw);
+        let id = r.body["id"].as_str().unwrap().to_owned();
+        self.wait_states(std::slice::from_ref(&id), states, timeout);
+        self.get(&id).body
+    }
+
     pub fn state(&self, id: &str) -> String {
         self.get(id).body["state"]
             .as_str()

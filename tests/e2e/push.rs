@@ -44,17 +44,6 @@ fn mosquitto(dir: &std::path::Path) -> (Broker, u16) {
     (Broker(child), port)
 }
 
-fn admin(d: &Daemon, method: &str, path: &str, body: Option<serde_json::Value>) -> Resp {
-    let b = body.map(|b| b.to_string());
-    http(
-        method,
-        &format!("{}{path}", d.base),
-        Some(ADMIN_TOKEN),
-        &[],
-        b.as_deref(),
-    )
-}
-
 #[test]
 fn ussd_push_is_delivered_by_the_handset_confirmation() {
     let smsc = Smsc::start(&[]);
@@ -65,22 +54,12 @@ fn ussd_push_is_delivered_by_the_handset_confirmation() {
         smsc.addr
     );
     let d = Daemon::start(dir.path(), &o);
-    admin(&d, "PUT", "/v1/subscribers/+819012345678", None);
-    let r = admin(
-        &d,
-        "POST",
-        "/v1/subscribers/+819012345678/devices",
-        Some(json!({"kind": "ussd", "address": "+819012345678"})),
+    d.register(
+        "+819012345678",
+        &[json!({"kind": "ussd", "address": "+819012345678"})],
     );
-    assert_eq!(r.status, 201, "{}", r.raw);
-    let r = d.enqueue("ussd-1", &delivery("+819012345678", "4921773055614410"));
-    let id = r.body["id"].as_str().unwrap().to_owned();
-    d.wait_states(
-        std::slice::from_ref(&id),
-        &["delivered"],
-        Duration::from_secs(20),
-    );
-    let v = d.get(&id).body;
+    let body = delivery("+819012345678", "4921773055614410");
+    let v = d.deliver("ussd-1", &body, &["delivered"], Duration::from_secs(20));
     assert_eq!(v["channel"], "ussd");
     let msgs = smsc.wait_messages(1, Duration::from_secs(10));
     assert_eq!(msgs[0]["service_type"], "USSD");
@@ -107,27 +86,15 @@ fn offline_head_unit_falls_through_to_sms_after_its_step_timeout() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    admin(&d, "PUT", "/v1/subscribers/+819012345678", None);
-    for body in [
-        json!({"kind": "carnav", "address": "VIN-JT123", "priority": 10, "step_timeout": "1s"}),
-        json!({"kind": "sms", "address": "+819012345678", "priority": 20}),
-    ] {
-        let r = admin(
-            &d,
-            "POST",
-            "/v1/subscribers/+819012345678/devices",
-            Some(body),
-        );
-        assert_eq!(r.status, 201, "{}", r.raw);
-    }
-    let r = d.enqueue("car-1", &delivery("+819012345678", "4921773055614410"));
-    let id = r.body["id"].as_str().unwrap().to_owned();
-    d.wait_states(
-        std::slice::from_ref(&id),
-        &["delivered"],
-        Duration::from_secs(30),
+    d.register(
+        "+819012345678",
+        &[
+            json!({"kind": "carnav", "address": "VIN-JT123", "priority": 10, "step_timeout": "1s"}),
+            json!({"kind": "sms", "address": "+819012345678", "priority": 20}),
+        ],
     );
-    let v = d.get(&id).body;
+    let body = delivery("+819012345678", "4921773055614410");
+    let v = d.deliver("car-1", &body, &["delivered"], Duration::from_secs(30));
     let steps = v["steps"].as_array().unwrap();
     assert_eq!(steps[0]["kind"], "carnav");
     assert_eq!(steps[0]["outcome"], "timed_out", "{v}");

@@ -560,6 +560,13 @@ pub struct TapChannelConfig {
     pub max_message_chars: usize,
     #[serde(default = "default_pager_template")]
     pub template: String,
+    /// When `device` is a modem: the paging terminal's number, dialled for each session.
+    /// Absent: a direct line to the terminal.
+    #[serde(default)]
+    pub dial: Option<String>,
+    /// Modem commands sent before dialling (each must answer OK); default ATZ, ATE0V1.
+    #[serde(default)]
+    pub modem_init: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -461,6 +461,10 @@ pub fn pager_config(
             t.baud = c.baud;
             t.max_message_chars = c.max_message_chars;
             t.password = secret(&c.password_file)?;
+            t.dial = c.dial.clone();
+            if let Some(init) = &c.modem_init {
+                t.modem_init = init.clone();
+            }
             pinpost_pager::PagerConfig::Tap(t)
         }
     };

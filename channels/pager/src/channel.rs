@@ -134,11 +134,27 @@ impl PagerChannel {
             PagerConfig::Tap(c) => {
                 let device = c.device.clone();
                 let baud = c.baud;
-                let connect = move || {
-                    let device = device.clone();
-                    async move { crate::serial::open_serial(&device, baud) }
-                };
-                Self::spawn_tap(c, connect, false)
+                match c.dial.clone() {
+                    None => {
+                        let connect = move || {
+                            let device = device.clone();
+                            async move { crate::serial::open_serial(&device, baud) }
+                        };
+                        Self::spawn_tap(c, connect, false)
+                    }
+                    Some(number) => {
+                        let init = c.modem_init.clone();
+                        let timeout = c.connect_timeout;
+                        let connect = move || {
+                            let (device, number, init) =
+                                (device.clone(), number.clone(), init.clone());
+                            async move {
+                                crate::serial::dial_up(&device, baud, &init, &number, timeout).await
+                            }
+                        };
+                        Self::spawn_tap(c, connect, false)
+                    }
+                }
             }
         }
     }

@@ -202,6 +202,12 @@ pub struct TapConfig {
     /// Backoff while the terminal cannot be reached.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// The paging terminal's number when `device` is a modem: each session initialises it
+    /// with `modem_init`, dials, and runs TAP once it answers CONNECT. `None`: a direct
+    /// line to the terminal.
+    pub dial: Option<String>,
+    /// Commands sent (each answered OK) before dialling.
+    pub modem_init: Vec<String>,
 }
 
 impl TapConfig {
@@ -226,6 +232,8 @@ impl TapConfig {
             idle_timeout: Duration::from_secs(30),
             reconnect_min: Duration::from_secs(5),
             reconnect_max: Duration::from_secs(300),
+            dial: None,
+            modem_init: vec!["ATZ".into(), "ATE0V1".into()],
         }
     }
 
@@ -237,6 +245,21 @@ impl TapConfig {
         };
         if self.device.as_os_str().is_empty() {
             return Err(err("device", "must name a serial device".into()));
+        }
+        if let Some(n) = &self.dial
+            && !pinpost_modem::is_dial_string(n)
+        {
+            return Err(err(
+                "dial",
+                "not a dial string (digits, *, #, ',', W, P)".into(),
+            ));
+        }
+        if self
+            .modem_init
+            .iter()
+            .any(|c| !c.to_ascii_uppercase().starts_with("AT"))
+        {
+            return Err(err("modem_init", "every command starts with AT".into()));
         }
         if ![300, 1200, 2400, 4800, 9600].contains(&self.baud) {
             return Err(err(

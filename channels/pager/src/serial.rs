@@ -28,3 +28,34 @@ pub fn open_serial(device: &Path, baud: u32) -> io::Result<SerialStream> {
         .map_err(|e| io::Error::other(format!("{}: {e}", device.display())))?;
     Ok(port)
 }
+
+/// Open the modem on `device` (7E1, XON/XOFF), send `init` (each must answer OK), dial
+/// `number` and return the line once the modem answers CONNECT. BUSY, NO CARRIER, NO ANSWER
+/// and the like come back as errors naming the result; the channel retries with backoff.
+pub async fn dial_up(
+    device: &Path,
+    baud: u32,
+    init: &[String],
+    number: &str,
+    timeout: Duration,
+) -> io::Result<SerialStream> {
+    let port = open_serial(device, baud)?;
+    let mut modem = pinpost_modem::Modem::new(port);
+    let fail = |what: &str, e: pinpost_modem::ModemError| {
+        io::Error::other(format!("{}: {what}: {e}", device.display()))
+    };
+    for cmd in init {
+        modem.expect_ok(cmd).await.map_err(|e| fail(cmd, e))?;
+    }
+    let answer = modem
+        .dial(number, pinpost_modem::DialMode::Tone, timeout)
+        .await
+        .map_err(|e| fail("dial", e))?;
+    match answer.result {
+        pinpost_modem::FinalResult::Connect(_) => Ok(modem.into_inner()),
+        other => Err(io::Error::other(format!(
+            "{}: dial: {other:?}",
+            device.display()
+        ))),
+    }
+}

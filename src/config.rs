@@ -467,6 +467,24 @@ pub struct SmtpChannelConfig {
     /// The text inside the encrypted part.
     #[serde(default = "default_email_template")]
     pub template: String,
+    /// Optional DKIM signing: selector, signing domain and key file (RSA PKCS#1 PEM, or an
+    /// Ed25519 seed in base64 with `dkim_algorithm = "ed25519"`).
+    #[serde(default)]
+    pub dkim_selector: Option<String>,
+    #[serde(default)]
+    pub dkim_domain: Option<String>,
+    #[serde(default)]
+    pub dkim_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub dkim_algorithm: DkimAlgorithmConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DkimAlgorithmConfig {
+    #[default]
+    Rsa,
+    Ed25519,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -574,7 +592,8 @@ pub struct TapChannelConfig {
 pub struct SmppChannelConfig {
     pub id: String,
     /// `smpp://host:port`, `smpps://host:port`, or `loopback` (the built-in SMSC, started
-    /// in-process on a free loopback port).
+    /// in-process on a free loopback port). For `kind = "ussd"` also `channel:<id>`: share
+    /// the bind of that SMS channel (listed earlier) instead of opening another.
     pub url: String,
     #[serde(default)]
     pub system_id: String,
@@ -602,12 +621,19 @@ pub struct SmppChannelConfig {
     /// Ask the SMSC for delivery receipts.
     #[serde(default = "default_true")]
     pub receipts: bool,
+    /// For `kind = "ussd"`: 3 sends a notification (USSN request, confirmed with op 19), 2
+    /// a request that expects the subscriber's answer (USSR, confirmed with op 18).
+    #[serde(default = "default_ussd_op")]
+    pub ussd_op: u8,
     #[serde(default = "default_response_timeout", with = "humantime_serde")]
     pub response_timeout: Duration,
     #[serde(default = "default_enquire_link", with = "humantime_serde")]
     pub enquire_link_interval: Duration,
 }
 
+fn default_ussd_op() -> u8 {
+    3
+}
 fn default_window() -> usize {
     10
 }
@@ -768,6 +794,7 @@ impl Config {
                 source_addr: default_source_addr(),
                 template: default_template(),
                 receipts: true,
+                ussd_op: default_ussd_op(),
                 response_timeout: default_response_timeout(),
                 enquire_link_interval: default_enquire_link(),
             })],
@@ -913,6 +940,22 @@ impl Config {
                 ));
             }
             match ch {
+                ChannelConfig::Ussd(c) if c.url.starts_with("channel:") => {
+                    let target = &c.url["channel:".len()..];
+                    let earlier = self.channels[..i]
+                        .iter()
+                        .any(|o| matches!(o, ChannelConfig::Smpp(s) if s.id == target));
+                    if !earlier {
+                        return Err(ConfigError::invalid(
+                            &format!("{src}.url"),
+                            format!(
+                                "channel:{target} must name a kind = \"smpp\" channel listed before this one"
+                            ),
+                        ));
+                    }
+                    crate::template::Template::parse(&c.template)
+                        .map_err(|e| ConfigError::invalid(&format!("{src}.template"), e))?;
+                }
                 ChannelConfig::Smpp(c) | ChannelConfig::Ussd(c) => validate_smpp(&src, c)?,
                 ChannelConfig::Snpp(_)
                 | ChannelConfig::Tap(_)
@@ -980,6 +1023,12 @@ fn validate_smpp(src: &str, c: &SmppChannelConfig) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(
             &format!("{src}.password"),
             "set password or password_file, not both",
+        ));
+    }
+    if c.ussd_op != 2 && c.ussd_op != 3 {
+        return Err(ConfigError::invalid(
+            &format!("{src}.ussd_op"),
+            "must be 3 (USSN notification) or 2 (USSR request)",
         ));
     }
     if c.window == 0 || c.window > 10_000 {
@@ -1191,6 +1240,27 @@ url = "loopback"
             .unwrap_err()
             .to_string();
         assert!(e.contains("/nonexistent/p.toml"), "{e}");
+    }
+
+    #[test]
+    fn ussd_bind_sharing_and_operation_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = format!(
+            "{MINIMAL}\n[[channel]]\nid = \"ussd\"\nkind = \"ussd\"\nurl = \"channel:sms\"\nussd_op = 2\n"
+        );
+        Config::load(&write(dir.path(), &ok), Vec::new()).unwrap();
+        let bad = ok.replace("channel:sms", "channel:nope");
+        let e = Config::load(&write(dir.path(), &bad), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("channel[1].url"), "{e}");
+        let bad = format!(
+            "{MINIMAL}\n[[channel]]\nid = \"ussd\"\nkind = \"ussd\"\nurl = \"loopback\"\nussd_op = 19\n"
+        );
+        let e = Config::load(&write(dir.path(), &bad), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ussd_op"), "{e}");
     }
 
     #[test]

@@ -204,11 +204,25 @@ pub fn plan_settings(config: &Config) -> store::PlanSettings {
 async fn build_channel(
     cfg: &ChannelConfig,
     receipts: DurableReceiptSink,
+    smpp_binds: &mut std::collections::HashMap<String, SmppChannel>,
     store: &Store,
     background: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(Arc<dyn Channel>, template::Template), RunError> {
     match cfg {
+        ChannelConfig::Ussd(c) if c.url.starts_with("channel:") => {
+            let err = |message: String| RunError::Channel {
+                id: c.id.clone(),
+                message,
+            };
+            let template = template::Template::parse(&c.template).map_err(err)?;
+            let target = &c.url["channel:".len()..];
+            let bind = smpp_binds
+                .get(target)
+                .ok_or_else(|| err(format!("no SMS channel {target:?} to share a bind with")))?;
+            let ch = bind.ussd_on_this_bind(ChannelId::new(&c.id), c.ussd_op);
+            Ok((Arc::new(ch) as Arc<dyn Channel>, template))
+        }
         ChannelConfig::Smpp(c) | ChannelConfig::Ussd(c) => {
             let err = |message: String| RunError::Channel {
                 id: c.id.clone(),
@@ -242,9 +256,12 @@ async fn build_channel(
             let mut sc = smpp_config(c, url, smpp_password(c)?)?;
             if matches!(cfg, ChannelConfig::Ussd(_)) {
                 // A notification (USSN request); the handset's confirmation is the receipt.
-                sc.service = pinpost_smpp::client::SmppService::Ussd { op: 3 };
+                sc.service = pinpost_smpp::client::SmppService::Ussd { op: c.ussd_op };
             }
             let ch = SmppChannel::start_durable(sc, receipts);
+            if matches!(cfg, ChannelConfig::Smpp(_)) {
+                smpp_binds.insert(c.id.clone(), ch.clone());
+            }
             Ok((Arc::new(ch) as Arc<dyn Channel>, template))
         }
         ChannelConfig::Smtp(c) => {
@@ -324,6 +341,24 @@ pub fn email_config(
     e.username = c.username.clone().map(SecretString::from);
     e.password = optional_secret(&c.id, &c.password_file, read_secrets)?;
     e.subject = c.subject.clone();
+    e.dkim = match (&c.dkim_selector, &c.dkim_domain, &c.dkim_key_file) {
+        (None, None, None) => None,
+        (Some(selector), Some(domain), Some(key)) => Some(pinpost_email::DkimConfig {
+            selector: selector.clone(),
+            domain: domain.clone(),
+            private_key_file: key.clone(),
+            algorithm: match c.dkim_algorithm {
+                config::DkimAlgorithmConfig::Rsa => pinpost_email::DkimAlgorithm::Rsa,
+                config::DkimAlgorithmConfig::Ed25519 => pinpost_email::DkimAlgorithm::Ed25519,
+            },
+        }),
+        _ => {
+            return Err(RunError::Channel {
+                id: c.id.clone(),
+                message: "set all of dkim_selector, dkim_domain and dkim_key_file, or none".into(),
+            });
+        }
+    };
     e.validate().map_err(|err| RunError::Channel {
         id: c.id.clone(),
         message: err.to_string(),
@@ -501,10 +536,18 @@ pub async fn run(
     let background = TaskTracker::new();
     let sim_stop = CancellationToken::new();
     let mut channels: Channels = BTreeMap::new();
+    let mut smpp_binds = std::collections::HashMap::new();
     let mut routes = Vec::new();
     for c in &config.channels {
-        let (ch, template) =
-            build_channel(c, receipt_tx.clone(), &store, &background, &sim_stop).await?;
+        let (ch, template) = build_channel(
+            c,
+            receipt_tx.clone(),
+            &mut smpp_binds,
+            &store,
+            &background,
+            &sim_stop,
+        )
+        .await?;
         channels.insert(c.id().to_owned(), ch.clone());
         routes.push(Arc::new(dispatch::Route {
             channel: ch,

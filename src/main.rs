@@ -296,6 +296,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     pinpost::config::ChannelConfig::Fax(f) => {
                         pinpost::fax_config(f)?;
                     }
+                    pinpost::config::ChannelConfig::Ussd(s) if s.url.starts_with("channel:") => {}
                     pinpost::config::ChannelConfig::Smpp(s)
                     | pinpost::config::ChannelConfig::Ussd(s) => {
                         let url = if s.url == "loopback" {

@@ -107,3 +107,46 @@ fn offline_head_unit_falls_through_to_sms_after_its_step_timeout() {
     );
     assert_eq!(smsc.wait_messages(1, Duration::from_secs(10)).len(), 1);
 }
+
+#[test]
+fn ussd_can_share_the_sms_bind() {
+    let smsc = Smsc::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = DaemonOpts::new(&format!("smpp://{}", smsc.addr));
+    o.extra_channels =
+        "[[channel]]\nid = \"ussd\"\nkind = \"ussd\"\nurl = \"channel:sms\"\n".into();
+    let d = Daemon::start(dir.path(), &o);
+    d.register(
+        "+819012345678",
+        &[json!({"kind": "ussd", "address": "+819012345678"})],
+    );
+    let v = d.deliver(
+        "shared-1",
+        &delivery("+819012345678", "4921773055614410"),
+        &["delivered"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(v["channel"], "ussd");
+    assert_eq!(v["attempts"][0]["channel"], "ussd");
+    // SMS still goes over the same bind.
+    let v = d.deliver(
+        "shared-2",
+        &delivery("+818011112222", "4921773055614411"),
+        &["delivered"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(v["channel"], "sms");
+    let msgs = smsc.wait_messages(2, Duration::from_secs(10));
+    let services: Vec<&str> = msgs
+        .iter()
+        .map(|m| m["service_type"].as_str().unwrap_or(""))
+        .collect();
+    assert!(services.contains(&"USSD"), "{services:?}");
+    let binds = smsc
+        .proc
+        .log()
+        .lines()
+        .filter(|l| l.contains("bound peer="))
+        .count();
+    assert_eq!(binds, 1, "one bind for both channels:\n{}", smsc.proc.log());
+}

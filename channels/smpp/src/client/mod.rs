@@ -64,7 +64,17 @@ pub const USSD_MAX_BODY_CHARS: usize = 182;
 #[derive(Clone)]
 pub struct SmppChannel {
     shared: Arc<Shared>,
+    view: Arc<View>,
     _owner: Arc<Owner>,
+}
+
+/// What one handle sends as: its channel id and service (in `cfg`), capabilities and
+/// encoding limits. A USSD handle on an SMS bind ([`SmppChannel::ussd_on_this_bind`]) has
+/// its own view over the same connection.
+struct View {
+    cfg: SmppConfig,
+    caps: Capabilities,
+    limits: encoding::Limits,
 }
 
 /// Stops the actor when the last handle goes away.
@@ -92,7 +102,6 @@ impl std::fmt::Debug for SmppChannel {
 pub(crate) struct Shared {
     pub(crate) cfg: SmppConfig,
     caps: Capabilities,
-    limits: encoding::Limits,
     link: Mutex<LinkState>,
     window: Semaphore,
     limiter: limiter::Limiter,
@@ -103,6 +112,8 @@ pub(crate) struct Shared {
     pub(crate) stop: CancellationToken,
     /// Cancelled by the actor as it exits.
     pub(crate) finished: CancellationToken,
+    /// The id of a USSD handle sharing this bind: USSD confirmations are posted under it.
+    pub(crate) ussd_channel: Arc<Mutex<Option<ChannelId>>>,
 }
 
 enum LinkState {
@@ -219,9 +230,14 @@ impl SmppChannel {
             max_body_chars,
             window,
         };
-        let shared = Arc::new(Shared {
-            caps,
+        let view = Arc::new(View {
+            cfg: cfg.clone(),
+            caps: caps.clone(),
             limits,
+        });
+        let shared = Arc::new(Shared {
+            ussd_channel: Arc::new(Mutex::new(None)),
+            caps,
             link: Mutex::new(LinkState::Down("connecting".into())),
             window: Semaphore::new(window),
             limiter: limiter::Limiter::new(cfg.max_tps),
@@ -238,7 +254,35 @@ impl SmppChannel {
         });
         SmppChannel {
             shared,
+            view,
             _owner: owner,
+        }
+    }
+
+    /// A USSD channel (`ussd_service_op` = `op`) on this channel's bind: same connection,
+    /// window and TPS budget; USSD confirmations arriving on the bind are posted under `id`.
+    pub fn ussd_on_this_bind(&self, id: ChannelId, op: u8) -> SmppChannel {
+        let mut cfg = self.shared.cfg.clone();
+        cfg.id = id.clone();
+        cfg.service = SmppService::Ussd { op };
+        let caps = Capabilities {
+            kind: ChannelKind::Ussd,
+            max_body_chars: USSD_MAX_BODY_CHARS,
+            ..self.shared.caps.clone()
+        };
+        *self
+            .shared
+            .ussd_channel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(id);
+        SmppChannel {
+            shared: self.shared.clone(),
+            view: Arc::new(View {
+                cfg,
+                caps,
+                limits: encoding::USSD,
+            }),
+            _owner: self._owner.clone(),
         }
     }
 
@@ -263,16 +307,17 @@ impl SmppChannel {
         };
         let text = msg.body.expose_secret();
         let chars = text.chars().count();
-        if chars > shared.caps.max_body_chars {
+        let view = &*self.view;
+        if chars > view.caps.max_body_chars {
             return Err(SendError::Permanent {
                 code: "message_too_long".into(),
                 reason: format!(
                     "{chars} characters; this channel carries at most {}",
-                    shared.caps.max_body_chars
+                    view.caps.max_body_chars
                 ),
             });
         }
-        let encoded = encoding::encode(text, &shared.limits).map_err(|e| match e {
+        let encoded = encoding::encode(text, &view.limits).map_err(|e| match e {
             EncodeError::TooLong { parts } => SendError::Permanent {
                 code: "message_too_long".into(),
                 reason: format!("the text needs {parts} parts"),
@@ -284,7 +329,7 @@ impl SmppChannel {
             0
         };
         let pdus = pdu::submit_sms(
-            &shared.cfg,
+            &view.cfg,
             &destination,
             validity.as_deref(),
             &encoded,
@@ -314,7 +359,7 @@ impl SmppChannel {
         debug!(parts = total, "accepted");
         Ok(Accepted {
             provider_refs: refs,
-            receipt_expected: shared.caps.receipts,
+            receipt_expected: view.caps.receipts,
         })
     }
 
@@ -437,11 +482,11 @@ impl SmppChannel {
 #[async_trait]
 impl Channel for SmppChannel {
     fn id(&self) -> &ChannelId {
-        &self.shared.cfg.id
+        &self.view.cfg.id
     }
 
     fn capabilities(&self) -> &Capabilities {
-        &self.shared.caps
+        &self.view.caps
     }
 
     async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, SendError> {

@@ -161,6 +161,13 @@ fn is_ussd_confirm(op: u8) -> bool {
 }
 
 /// Classify a deliver_sm and, for a receipt, build the [`Receipt`].
+/// Whether a deliver_sm belongs to USSD (it carries the ussd_service_op TLV).
+pub(crate) fn is_ussd(sm: &DeliverSm) -> bool {
+    sm.tlvs()
+        .iter()
+        .any(|t| matches!(t.value(), Some(TlvValue::UssdServiceOp(_))))
+}
+
 pub(crate) fn inbound(channel: &ChannelId, sm: &DeliverSm, now: OffsetDateTime) -> Inbound {
     let mut receipted_id: Option<String> = None;
     let mut message_state: Option<u8> = None;

@@ -375,6 +375,7 @@ async fn session(
     tokio::spawn(
         receipt_worker(
             shared.cfg.id.clone(),
+            shared.ussd_channel.clone(),
             link.client.clone(),
             sink.clone(),
             job_rx,
@@ -475,6 +476,7 @@ impl Drop for Kicker {
 /// in a FIFO so that storing one receipt does not hold up posting the next.
 async fn receipt_worker(
     channel: ChannelId,
+    ussd_channel: Arc<std::sync::Mutex<Option<ChannelId>>>,
     client: Client,
     sink: Sink,
     mut jobs: mpsc::Receiver<DeliverJob>,
@@ -505,7 +507,17 @@ async fn receipt_worker(
     while let Some(job) = jobs.recv().await {
         let mut status = CommandStatus::EsmeRok;
         let mut stored = None;
-        match receipt::inbound(&channel, &job.sm, OffsetDateTime::now_utc()) {
+        // A USSD confirmation on a bind shared with SMS belongs to the USSD channel.
+        let shared_ussd = if receipt::is_ussd(&job.sm) {
+            ussd_channel
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        } else {
+            None
+        };
+        let this = shared_ussd.as_ref().unwrap_or(&channel);
+        match receipt::inbound(this, &job.sm, OffsetDateTime::now_utc()) {
             Inbound::Receipt(r) => {
                 debug!(provider_ref = %r.provider_ref, status = ?r.status, "receipt");
                 let posted = match &sink {

@@ -7,4 +7,5 @@
 //!   `pinpost smsc-sim` runs it, tests and benchmarks point the daemon at it.
 
 pub mod client;
+mod gsm;
 pub mod sim;

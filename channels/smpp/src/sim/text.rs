@@ -3,37 +3,7 @@
 
 use std::fmt::Write as _;
 
-/// GSM 03.38 default alphabet, indexed by septet.
-const GSM_BASIC: [char; 128] = [
-    '@', '£', '$', '¥', 'è', 'é', 'ù', 'ì', 'ò', 'Ç', '\n', 'Ø', 'ø', '\r', 'Å', 'å', //
-    'Δ', '_', 'Φ', 'Γ', 'Λ', 'Ω', 'Π', 'Ψ', 'Σ', 'Θ', 'Ξ', '\u{1b}', 'Æ', 'æ', 'ß', 'É', //
-    ' ', '!', '"', '#', '¤', '%', '&', '\'', '(', ')', '*', '+', ',', '-', '.', '/', //
-    '0', '1', '2', '3', '4', '5', '6', '7', '8', '9', ':', ';', '<', '=', '>', '?', //
-    '¡', 'A', 'B', 'C', 'D', 'E', 'F', 'G', 'H', 'I', 'J', 'K', 'L', 'M', 'N', 'O', //
-    'P', 'Q', 'R', 'S', 'T', 'U', 'V', 'W', 'X', 'Y', 'Z', 'Ä', 'Ö', 'Ñ', 'Ü', '§', //
-    '¿', 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k', 'l', 'm', 'n', 'o', //
-    'p', 'q', 'r', 's', 't', 'u', 'v', 'w', 'x', 'y', 'z', 'ä', 'ö', 'ñ', 'ü', 'à', //
-];
-
-/// GSM 03.38 escape septet.
-const GSM_ESCAPE: u8 = 0x1b;
-
-/// The GSM 03.38 extension table (the septet following an escape).
-fn gsm_extension(septet: u8) -> Option<char> {
-    Some(match septet {
-        0x0a => '\u{0c}',
-        0x14 => '^',
-        0x28 => '{',
-        0x29 => '}',
-        0x2f => '\\',
-        0x3c => '[',
-        0x3d => '~',
-        0x3e => ']',
-        0x40 => '|',
-        0x65 => '€',
-        _ => return None,
-    })
-}
+use crate::gsm::{BASIC as GSM_BASIC, ESC as GSM_ESCAPE, extension_char as gsm_extension};
 
 /// The alphabet a `data_coding` value selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

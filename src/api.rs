@@ -35,6 +35,12 @@ pub struct Client {
     pub name: String,
     pub role: Role,
     pub token_sha256: [u8; 32],
+    /// The merchant a merchant token redeems for.
+    pub merchant_id: Option<String>,
+    /// Default callback target of this client's deliveries and vouchers.
+    pub callback_url: Option<String>,
+    /// Whether a callback secret is configured (the secret itself lives with the sender).
+    pub can_callback: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -381,6 +387,7 @@ async fn create_delivery(
             client: client.name,
             idempotency_key: key,
             fingerprint,
+            callback_url: None,
         })
         .await
         .map_err(ApiError::unavailable)?;

@@ -76,13 +76,27 @@ pub struct TokenConfig {
     /// A file holding the bearer token itself (for example a systemd credential).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// The merchant a `merchant` token redeems for (required for that role, refused for
+    /// the others).
+    #[serde(default)]
+    pub merchant_id: Option<String>,
+    /// Where state changes of this client's deliveries and vouchers are reported, unless a
+    /// request names its own `callback_url`.
+    #[serde(default)]
+    pub callback_url: Option<String>,
+    /// A file holding the secret that signs this client's callbacks (HMAC-SHA256).
+    /// Required when callbacks are used, by `callback_url` here or in a request.
+    #[serde(default)]
+    pub callback_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Enqueue deliveries and read their state.
+    /// Enqueue deliveries, issue vouchers, and read their state.
     Billing,
+    /// Redeem and reverse PINs for the merchant the token is bound to.
+    Merchant,
     /// Everything.
     Admin,
 }
@@ -754,6 +768,24 @@ impl ConfigError {
     }
 }
 
+/// Merchant and institution ids: short, printable, safe in CSV and URLs.
+pub fn valid_party_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// An absolute http(s) URL without whitespace or control characters.
+pub fn valid_callback_url(s: &str) -> bool {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/'))
+        && s.len() <= 2048
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 impl Config {
     /// The embedded defaults: SQLite and a generated key in `state_dir`, the API on
     /// 127.0.0.1:8025 with one admin token generated into `state_dir/api.token`, and one
@@ -766,6 +798,9 @@ impl Config {
                     role: Role::Admin,
                     token_sha256: None,
                     token_file: Some(state_dir.join("api.token")),
+                    merchant_id: None,
+                    callback_url: None,
+                    callback_secret_file: None,
                 }],
                 ..ApiConfig::default()
             },
@@ -878,6 +913,41 @@ impl Config {
                         "set exactly one of token_sha256 and token_file",
                     ));
                 }
+            }
+            match (t.role, &t.merchant_id) {
+                (Role::Merchant, None) => {
+                    return Err(ConfigError::invalid(
+                        &format!("{src}.merchant_id"),
+                        "a merchant token must name its merchant_id",
+                    ));
+                }
+                (Role::Merchant, Some(m)) if !valid_party_id(m) || m == "*" => {
+                    return Err(ConfigError::invalid(
+                        &format!("{src}.merchant_id"),
+                        "must be 1 to 64 letters, digits, '-', '_', '.' or ':'",
+                    ));
+                }
+                (Role::Merchant, Some(_)) | (_, None) => {}
+                (_, Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        &format!("{src}.merchant_id"),
+                        "only merchant tokens are bound to a merchant",
+                    ));
+                }
+            }
+            if let Some(u) = &t.callback_url
+                && !valid_callback_url(u)
+            {
+                return Err(ConfigError::invalid(
+                    &format!("{src}.callback_url"),
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            if t.callback_url.is_some() && t.callback_secret_file.is_none() {
+                return Err(ConfigError::invalid(
+                    &format!("{src}.callback_secret_file"),
+                    "a token with a callback_url needs a callback_secret_file to sign with",
+                ));
             }
         }
         self.storage_path()?;

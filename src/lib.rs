@@ -105,6 +105,9 @@ pub fn load_clients(config: &Config) -> Result<Vec<api::Client>, RunError> {
             name: t.name.clone(),
             role: t.role,
             token_sha256: digest,
+            merchant_id: t.merchant_id.clone(),
+            callback_url: t.callback_url.clone(),
+            can_callback: t.callback_secret_file.is_some(),
         });
     }
     Ok(out)

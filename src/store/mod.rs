@@ -32,6 +32,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_subscribers_and_plans",
         include_str!("../../migrations/sqlite/0002_subscribers_and_plans.sql"),
     ),
+    (
+        "0003_vouchers_ledger_callbacks",
+        include_str!("../../migrations/sqlite/0003_vouchers_ledger_callbacks.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -75,6 +75,8 @@ pub struct NewDelivery {
     pub idempotency_key: String,
     /// Keyed hash of the request's canonical form.
     pub fingerprint: [u8; 32],
+    /// Where state changes are reported (signed callbacks); `None`: not reported.
+    pub callback_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,6 +16,7 @@ fn new(id: &str, key: &str, fp: u8, now: i64) -> NewDelivery {
         client: "billing".into(),
         idempotency_key: key.into(),
         fingerprint: [fp; 32],
+        callback_url: None,
     }
 }
 

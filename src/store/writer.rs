@@ -287,8 +287,8 @@ impl Writer {
             .prepare_cached(
                 "INSERT INTO deliveries (id, msisdn, channel, state, pin_ct, amount_value,
                     amount_currency, payee, expires_at, attempts, next_attempt_at, created_at,
-                    updated_at, client)
-                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, 0, ?9, ?9, ?9, ?10)",
+                    updated_at, client, callback_url)
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, 0, ?9, ?9, ?9, ?10, ?11)",
             )?
             .execute(params![
                 n.id,
@@ -300,7 +300,8 @@ impl Writer {
                 n.payee,
                 n.expires_at,
                 n.now,
-                n.client
+                n.client,
+                n.callback_url
             ])?;
         self.conn
             .prepare_cached(

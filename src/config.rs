@@ -31,6 +31,8 @@ pub struct Config {
     #[serde(default)]
     pub registry: RegistryConfig,
     #[serde(default)]
+    pub vouchers: VouchersConfig,
+    #[serde(default)]
     pub log: LogConfig,
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelConfig>,
@@ -768,6 +770,76 @@ impl ConfigError {
     }
 }
 
+/// Vouchers: the PIN records pinpost mints, and their redemption.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VouchersConfig {
+    /// Digits of a minted PIN, the last of them a Damm check digit.
+    #[serde(default = "default_voucher_pin_length")]
+    pub pin_length: usize,
+    /// Lifetime of a voucher issued without `expires_at` or `ttl`.
+    #[serde(default = "default_voucher_ttl", with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// The longest lifetime a voucher may be issued with.
+    #[serde(default = "default_voucher_max_ttl", with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// How long after its capture a merchant may reverse a redemption (until it is settled).
+    #[serde(default = "default_reversal_window", with = "humantime_serde")]
+    pub reversal_window: Duration,
+    /// Failed redemptions (unknown PIN or bad check digit) one merchant token may make
+    /// within `failure_window` before it is locked out for `lockout`.
+    #[serde(default = "default_token_failures")]
+    pub token_failures: u32,
+    /// Failed redemptions across all merchants within `failure_window` before every
+    /// redemption is locked out for `lockout`.
+    #[serde(default = "default_global_failures")]
+    pub global_failures: u32,
+    #[serde(default = "default_failure_window", with = "humantime_serde")]
+    pub failure_window: Duration,
+    #[serde(default = "default_lockout", with = "humantime_serde")]
+    pub lockout: Duration,
+}
+
+fn default_voucher_pin_length() -> usize {
+    16
+}
+fn default_voucher_ttl() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+fn default_voucher_max_ttl() -> Duration {
+    Duration::from_secs(366 * 86_400)
+}
+fn default_reversal_window() -> Duration {
+    Duration::from_secs(86_400)
+}
+fn default_token_failures() -> u32 {
+    20
+}
+fn default_global_failures() -> u32 {
+    1000
+}
+fn default_failure_window() -> Duration {
+    Duration::from_secs(900)
+}
+fn default_lockout() -> Duration {
+    Duration::from_secs(900)
+}
+
+impl Default for VouchersConfig {
+    fn default() -> Self {
+        Self {
+            pin_length: default_voucher_pin_length(),
+            default_ttl: default_voucher_ttl(),
+            max_ttl: default_voucher_max_ttl(),
+            reversal_window: default_reversal_window(),
+            token_failures: default_token_failures(),
+            global_failures: default_global_failures(),
+            failure_window: default_failure_window(),
+            lockout: default_lockout(),
+        }
+    }
+}
+
 /// Merchant and institution ids: short, printable, safe in CSV and URLs.
 pub fn valid_party_id(s: &str) -> bool {
     !s.is_empty()
@@ -815,6 +887,7 @@ impl Config {
             delivery: DeliveryConfig::default(),
             pin: PinConfig::default(),
             registry: RegistryConfig::default(),
+            vouchers: VouchersConfig::default(),
             log: LogConfig::default(),
             channels: vec![ChannelConfig::Smpp(SmppChannelConfig {
                 id: "sms".into(),
@@ -958,6 +1031,31 @@ impl Config {
             return Err(ConfigError::invalid(
                 "pin",
                 "need 4 <= min_length <= max_length <= 64",
+            ));
+        }
+        let v = &self.vouchers;
+        if !(8..=32).contains(&v.pin_length) {
+            return Err(ConfigError::invalid(
+                "vouchers.pin_length",
+                "must be between 8 and 32 digits",
+            ));
+        }
+        if v.default_ttl.is_zero() || v.default_ttl > v.max_ttl {
+            return Err(ConfigError::invalid(
+                "vouchers.default_ttl",
+                "must be positive and at most vouchers.max_ttl",
+            ));
+        }
+        if v.token_failures == 0 || v.global_failures == 0 {
+            return Err(ConfigError::invalid(
+                "vouchers",
+                "token_failures and global_failures must be at least 1",
+            ));
+        }
+        if v.failure_window.is_zero() || v.lockout.is_zero() {
+            return Err(ConfigError::invalid(
+                "vouchers",
+                "failure_window and lockout must be positive",
             ));
         }
         if self.delivery.max_attempts == 0 {

@@ -30,6 +30,7 @@ pub enum KeyError {
 pub struct Keys {
     aead: Aes256Gcm,
     fingerprint: HmacSha256,
+    pin_hash: HmacSha256,
 }
 
 impl std::fmt::Debug for Keys {
@@ -93,9 +94,12 @@ impl Keys {
         };
         let aead_key = derive(b"pinpost/aead/v1");
         let fp_key = derive(b"pinpost/fingerprint/v1");
+        let pin_hash_key = derive(b"pinpost/pin-hash/v1");
         Keys {
             aead: Aes256Gcm::new_from_slice(aead_key.as_slice()).expect("32-byte key"),
             fingerprint: <HmacSha256 as Mac>::new_from_slice(fp_key.as_slice())
+                .expect("any key length"),
+            pin_hash: <HmacSha256 as Mac>::new_from_slice(pin_hash_key.as_slice())
                 .expect("any key length"),
         }
     }
@@ -133,6 +137,14 @@ impl Keys {
         );
         let s = std::str::from_utf8(&plain).ok()?;
         Some(SecretString::from(s.to_owned()))
+    }
+
+    /// The keyed hash a voucher's PIN is looked up by at redemption. Its own key, so a
+    /// fingerprint can never be mistaken for a PIN hash.
+    pub fn pin_hash(&self, pin: &SecretString) -> [u8; 32] {
+        let mut mac = self.pin_hash.clone();
+        mac.update(pin.expose_secret().as_bytes());
+        mac.finalize().into_bytes().into()
     }
 
     /// A keyed fingerprint of `parts` (each length-prefixed, so boundaries count).

@@ -15,10 +15,12 @@ pub mod api;
 pub mod config;
 pub mod crypto;
 pub mod dispatch;
+pub mod ledger;
 pub mod registry;
 pub mod store;
 pub mod telemetry;
 pub mod template;
+pub mod vouchers;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,0 +1,291 @@
+//! The double-entry ledger and settlement runs.
+//!
+//! Every ledger row debits one account and credits another by the same positive amount,
+//! so the books balance by construction: the sum of all balances is zero in every
+//! currency. What each business event posts:
+//!
+//! | event            | debit                     | credit                    |
+//! |------------------|---------------------------|---------------------------|
+//! | issue            | receivable:<institution>  | voucher_liability         |
+//! | redeem           | voucher_liability         | payable:<merchant>        |
+//! | reverse          | payable:<merchant>        | voucher_liability         |
+//! | release (expiry, revocation) | voucher_liability | receivable:<institution> |
+//! | settle_claim     | settlement_cash           | receivable:<institution>  |
+//! | settle_payout    | payable:<merchant>        | settlement_cash           |
+//!
+//! A settlement run covers the redemptions captured on one UTC day: per institution the
+//! claim for what its vouchers paid for, per merchant the payout. A run is recorded once
+//! per date, and each redemption carries the date that settled it, so running again
+//! changes nothing and no redemption is settled twice.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::store::StoreError;
+
+pub const VOUCHER_LIABILITY: &str = "voucher_liability";
+pub const SETTLEMENT_CASH: &str = "settlement_cash";
+
+pub fn receivable(institution: &str) -> String {
+    format!("receivable:{institution}")
+}
+
+pub fn payable(merchant: &str) -> String {
+    format!("payable:{merchant}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Issue,
+    Redeem,
+    Reverse,
+    Release,
+    SettleClaim,
+    SettlePayout,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Issue => "issue",
+            Self::Redeem => "redeem",
+            Self::Reverse => "reverse",
+            Self::Release => "release",
+            Self::SettleClaim => "settle_claim",
+            Self::SettlePayout => "settle_payout",
+        }
+    }
+}
+
+/// One double entry.
+pub struct Posting<'a> {
+    pub kind: Kind,
+    pub debit: &'a str,
+    pub credit: &'a str,
+    pub currency: &'a str,
+    pub amount: i64,
+    pub voucher_id: Option<&'a str>,
+    pub redemption_id: Option<&'a str>,
+    pub settlement_date: Option<&'a str>,
+    pub now: i64,
+}
+
+pub fn post(c: &Connection, p: &Posting<'_>) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO ledger (kind, debit, credit, currency, amount, voucher_id, redemption_id,
+            settlement_date, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        p.kind.as_str(),
+        p.debit,
+        p.credit,
+        p.currency,
+        p.amount,
+        p.voucher_id,
+        p.redemption_id,
+        p.settlement_date,
+        p.now
+    ])?;
+    Ok(())
+}
+
+/// Balance (debits minus credits) of every account, by (account, currency).
+pub fn balances(c: &Connection) -> Result<BTreeMap<(String, String), i64>, StoreError> {
+    let mut out = BTreeMap::new();
+    let mut st = c.prepare(
+        "SELECT account, currency, sum(v) FROM (
+             SELECT debit AS account, currency, amount AS v FROM ledger
+             UNION ALL
+             SELECT credit AS account, currency, -amount AS v FROM ledger)
+         GROUP BY account, currency",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (k, v) = row?;
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// One line of a settlement report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SettlementLine {
+    /// "merchant" (a payout) or "institution" (a claim).
+    pub party_kind: String,
+    pub party: String,
+    pub currency: String,
+    pub amount: i64,
+    /// Redemptions the line covers.
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    pub date: String,
+    pub redemptions: i64,
+    pub created_at: i64,
+    pub lines: Vec<SettlementLine>,
+}
+
+impl Settlement {
+    /// `party_kind,party,currency,amount,count`, one line per party and currency.
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from("date,party_kind,party,currency,amount,count\n");
+        for l in &self.lines {
+            out.push_str(&format!(
+                "{},{},{},{},{},{}\n",
+                self.date,
+                l.party_kind,
+                l.party,
+                l.currency,
+                crate::vouchers::format_amount(l.amount),
+                l.count
+            ));
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettleOutcome {
+    Created(Settlement),
+    /// The date was settled before; its report, unchanged.
+    Existing(Settlement),
+    /// The day has not ended yet (UTC).
+    NotOver,
+}
+
+/// The settlement of `date`, if it was run.
+pub fn read_settlement(c: &Connection, date: time::Date) -> Result<Option<Settlement>, StoreError> {
+    let d = date.to_string();
+    let head: Option<(i64, i64)> = c
+        .prepare_cached("SELECT redemptions, created_at FROM settlements WHERE date = ?1")?
+        .query_row(params![d], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((redemptions, created_at)) = head else {
+        return Ok(None);
+    };
+    let mut st = c.prepare_cached(
+        "SELECT party_kind, party, currency, amount, count FROM settlement_lines
+         WHERE date = ?1 ORDER BY party_kind DESC, party, currency",
+    )?;
+    let lines = st
+        .query_map(params![d], |r| {
+            Ok(SettlementLine {
+                party_kind: r.get(0)?,
+                party: r.get(1)?,
+                currency: r.get(2)?,
+                amount: r.get(3)?,
+                count: r.get(4)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(Settlement {
+        date: d,
+        redemptions,
+        created_at,
+        lines,
+    }))
+}
+
+fn day_bounds_ms(date: time::Date) -> (i64, i64) {
+    let start = date.midnight().assume_utc().unix_timestamp() * 1000;
+    (start, start + 86_400_000)
+}
+
+/// Settle the redemptions captured on `date` (UTC) that are still captured and unsettled.
+pub fn settle(c: &Connection, date: time::Date, now: i64) -> Result<SettleOutcome, StoreError> {
+    if let Some(s) = read_settlement(c, date)? {
+        return Ok(SettleOutcome::Existing(s));
+    }
+    let (start, end) = day_bounds_ms(date);
+    if end > now {
+        return Ok(SettleOutcome::NotOver);
+    }
+    let d = date.to_string();
+    let rows: Vec<(String, String, String, i64, String)> = {
+        let mut st = c.prepare_cached(
+            "SELECT r.id, r.merchant_id, r.currency, r.amount, v.institution
+             FROM redemptions r JOIN vouchers v ON v.id = r.voucher_id
+             WHERE r.state = 'captured' AND r.settlement_date IS NULL
+               AND r.captured_at >= ?1 AND r.captured_at < ?2",
+        )?;
+        st.query_map(params![start, end], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?
+    };
+    let mut merchants: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    let mut institutions: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    for (_, merchant, currency, amount, institution) in &rows {
+        let m = merchants
+            .entry((merchant.clone(), currency.clone()))
+            .or_default();
+        m.0 += amount;
+        m.1 += 1;
+        let i = institutions
+            .entry((institution.clone(), currency.clone()))
+            .or_default();
+        i.0 += amount;
+        i.1 += 1;
+    }
+    c.prepare_cached(
+        "INSERT INTO settlements (date, redemptions, created_at) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![d, rows.len() as i64, now])?;
+    let mut line = c.prepare_cached(
+        "INSERT INTO settlement_lines (date, party_kind, party, currency, amount, count)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for ((inst, cur), (amount, count)) in &institutions {
+        line.execute(params![d, "institution", inst, cur, amount, count])?;
+        post(
+            c,
+            &Posting {
+                kind: Kind::SettleClaim,
+                debit: SETTLEMENT_CASH,
+                credit: &receivable(inst),
+                currency: cur,
+                amount: *amount,
+                voucher_id: None,
+                redemption_id: None,
+                settlement_date: Some(&d),
+                now,
+            },
+        )?;
+    }
+    for ((merchant, cur), (amount, count)) in &merchants {
+        line.execute(params![d, "merchant", merchant, cur, amount, count])?;
+        post(
+            c,
+            &Posting {
+                kind: Kind::SettlePayout,
+                debit: &payable(merchant),
+                credit: SETTLEMENT_CASH,
+                currency: cur,
+                amount: *amount,
+                voucher_id: None,
+                redemption_id: None,
+                settlement_date: Some(&d),
+                now,
+            },
+        )?;
+    }
+    let mut mark = c.prepare_cached("UPDATE redemptions SET settlement_date = ?2 WHERE id = ?1")?;
+    for (id, ..) in &rows {
+        mark.execute(params![id, d])?;
+    }
+    Ok(SettleOutcome::Created(
+        read_settlement(c, date)?.expect("the settlement was just written"),
+    ))
+}
+
+#[cfg(test)]
+mod tests;

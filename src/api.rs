@@ -63,6 +63,10 @@ pub struct ApiState {
     pub pin_max: usize,
     /// Region for national-format numbers in the subscriber registry (e.g. "JP").
     pub default_region: Option<String>,
+    pub vouchers: crate::config::VouchersConfig,
+    pub lockout: crate::voucher_api::Lockout,
+    pub caps: Arc<crate::caps::Caps>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -86,6 +90,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/v1/subscribers/{msisdn}/devices/{id}",
             axum::routing::delete(remove_device),
         )
+        .merge(crate::voucher_api::routes())
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async {
@@ -105,7 +111,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -113,10 +119,10 @@ impl ApiError {
             retry_after: None,
         }
     }
-    fn invalid(message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
     }
-    fn unavailable(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn unavailable(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "storage unavailable");
         Self {
             retry_after: Some(1),
@@ -140,7 +146,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<Client, ApiError> {
+pub(crate) fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<Client, ApiError> {
     let unauthorized = || {
         let mut e = ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -189,6 +195,8 @@ struct CreateDelivery {
     payee: Option<String>,
     #[serde(default)]
     expires_at: Option<String>,
+    #[serde(default)]
+    callback_url: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone)]
@@ -198,10 +206,16 @@ struct Amount {
     currency: String,
 }
 
-const DELIVERY_FIELDS: &str = "msisdn, pin, amount {value, currency}, payee, expires_at";
+const DELIVERY_FIELDS: &str =
+    "msisdn, pin, amount {value, currency}, payee, expires_at, callback_url";
 
 /// Describe a JSON error without quoting any of the input.
 fn describe_json_error(e: &serde_json::Error) -> ApiError {
+    describe_json_error_for(e, DELIVERY_FIELDS)
+}
+
+/// Describe a JSON error without quoting any of the input; `fields` lists what is allowed.
+pub(crate) fn describe_json_error_for(e: &serde_json::Error, fields: &str) -> ApiError {
     use serde_json::error::Category;
     let at = format!("line {}, column {}", e.line(), e.column());
     match e.classify() {
@@ -214,17 +228,15 @@ fn describe_json_error(e: &serde_json::Error) -> ApiError {
             let text = e.to_string();
             if let Some(rest) = text.strip_prefix("missing field `") {
                 let name: String = rest.chars().take_while(|c| *c != '`').collect();
-                if DELIVERY_FIELDS.contains(name.as_str()) {
+                if fields.contains(name.as_str()) {
                     return ApiError::invalid(format!("missing field `{name}`"));
                 }
             }
             if text.starts_with("unknown field") {
-                return ApiError::invalid(format!(
-                    "unknown field ({at}); allowed: {DELIVERY_FIELDS}"
-                ));
+                return ApiError::invalid(format!("unknown field ({at}); allowed: {fields}"));
             }
             ApiError::invalid(format!(
-                "a field has the wrong type or value ({at}); fields: {DELIVERY_FIELDS}, all strings"
+                "a field has the wrong type or value ({at}); fields: {fields}"
             ))
         }
     }
@@ -248,14 +260,18 @@ fn valid_amount_value(s: &str) -> bool {
         && (!s.contains('.') || !frac.is_empty())
 }
 
-fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_default()
 }
 
-async fn read_body(state: &ApiState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
         if !ct.starts_with("application/json") {
@@ -277,7 +293,7 @@ async fn read_body(state: &ApiState, headers: &HeaderMap, body: Body) -> Result<
         })
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     let v = headers.get("idempotency-key").ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -358,6 +374,7 @@ async fn create_delivery(
             Some(ms)
         }
     };
+    let callback_url = crate::voucher_api::callback_target(&client, req.callback_url)?;
     let amount_value = req.amount.as_ref().map(|a| a.value.clone());
     let amount_currency = req.amount.as_ref().map(|a| a.currency.clone());
     let expires_bytes = expires_at.map(|e| e.to_be_bytes()).unwrap_or_default();
@@ -369,7 +386,12 @@ async fn create_delivery(
         amount_currency.as_deref().unwrap_or("").as_bytes(),
         req.payee.as_deref().unwrap_or("").as_bytes(),
         &expires_bytes,
+        callback_url.as_deref().unwrap_or("").as_bytes(),
     ]);
+    let reservation = state
+        .caps
+        .check(&req.msisdn, now)
+        .map_err(|d| caps_denied(&state, d))?;
     let id = uuid::Uuid::now_v7().to_string();
     let pin_ct = state.keys.seal(&req.pin, id.as_bytes());
     let outcome = state
@@ -387,10 +409,19 @@ async fn create_delivery(
             client: client.name,
             idempotency_key: key,
             fingerprint,
-            callback_url: None,
+            callback_url,
         })
-        .await
-        .map_err(ApiError::unavailable)?;
+        .await;
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            reservation.release();
+            return Err(ApiError::unavailable(e));
+        }
+    };
+    if !matches!(outcome, EnqueueOutcome::Created { .. }) {
+        reservation.release();
+    }
     match outcome {
         EnqueueOutcome::Created { id } | EnqueueOutcome::Replay { id } => Ok((
             StatusCode::ACCEPTED,
@@ -405,8 +436,12 @@ async fn create_delivery(
 }
 
 impl ApiError {
-    fn with_code(mut self, code: &'static str) -> Self {
+    pub(crate) fn with_code(mut self, code: &'static str) -> Self {
         self.code = code;
+        self
+    }
+    pub(crate) fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
         self
     }
 }
@@ -462,7 +497,7 @@ fn delivery_json(d: &DeliveryView) -> serde_json::Value {
     })
 }
 
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
@@ -518,7 +553,7 @@ async fn cancel_delivery(
     }
 }
 
-fn require_admin(client: &Client) -> Result<(), ApiError> {
+pub(crate) fn require_admin(client: &Client) -> Result<(), ApiError> {
     if client.role == Role::Admin {
         Ok(())
     } else {
@@ -530,7 +565,7 @@ fn require_admin(client: &Client) -> Result<(), ApiError> {
     }
 }
 
-fn subscriber_msisdn(state: &ApiState, raw: &str) -> Result<String, ApiError> {
+pub(crate) fn subscriber_msisdn(state: &ApiState, raw: &str) -> Result<String, ApiError> {
     crate::registry::normalize_msisdn(raw, state.default_region.as_deref())
         .map_err(|e| ApiError::invalid(format!("msisdn: {e}")))
 }
@@ -745,6 +780,51 @@ async fn remove_device(
             "not_found",
             "no such device",
         ))
+    }
+}
+
+async fn metrics(AxState(state): AxState<Arc<ApiState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The answer to a send the fraud and cost caps refuse: nothing was stored or sent.
+pub(crate) fn caps_denied(state: &ApiState, d: crate::caps::Denied) -> ApiError {
+    match d {
+        crate::caps::Denied::Blocked { rule } => {
+            state
+                .metrics
+                .caps_denied
+                .get_or_create(&crate::metrics::CodeLabel {
+                    code: "destination_blocked",
+                })
+                .inc();
+            ApiError::new(StatusCode::FORBIDDEN, "destination_blocked", rule)
+        }
+        crate::caps::Denied::Over {
+            retry_after_secs,
+            cap,
+        } => {
+            state
+                .metrics
+                .caps_denied
+                .get_or_create(&crate::metrics::CodeLabel {
+                    code: "cap_exceeded",
+                })
+                .inc();
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "cap_exceeded",
+                format!("the {cap} cap is reached; nothing was sent"),
+            )
+            .with_retry_after(retry_after_secs)
+        }
     }
 }
 

@@ -32,6 +32,9 @@ pub struct Config {
     pub registry: RegistryConfig,
     #[serde(default)]
     pub vouchers: VouchersConfig,
+    /// Fraud and cost caps (SMS pumping): off unless configured.
+    #[serde(default)]
+    pub caps: crate::caps::CapsConfig,
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default, rename = "channel")]
@@ -888,6 +891,7 @@ impl Config {
             pin: PinConfig::default(),
             registry: RegistryConfig::default(),
             vouchers: VouchersConfig::default(),
+            caps: crate::caps::CapsConfig::default(),
             log: LogConfig::default(),
             channels: vec![ChannelConfig::Smpp(SmppChannelConfig {
                 id: "sms".into(),
@@ -1033,6 +1037,9 @@ impl Config {
                 "need 4 <= min_length <= max_length <= 64",
             ));
         }
+        self.caps
+            .validate()
+            .map_err(|(key, message)| ConfigError::invalid(&key, message))?;
         let v = &self.vouchers;
         if !(8..=32).contains(&v.pin_length) {
             return Err(ConfigError::invalid(

@@ -13,10 +13,11 @@
 //! | settle_claim     | settlement_cash           | receivable:<institution>  |
 //! | settle_payout    | payable:<merchant>        | settlement_cash           |
 //!
-//! A settlement run covers the redemptions captured on one UTC day: per institution the
-//! claim for what its vouchers paid for, per merchant the payout. A run is recorded once
-//! per date, and each redemption carries the date that settled it, so running again
-//! changes nothing and no redemption is settled twice.
+//! A settlement run covers the redemptions captured on one UTC day that are not settled
+//! yet: per institution the claim for what its vouchers paid for, per merchant the payout.
+//! Each redemption records the date that settled it, so a redemption is settled once, and
+//! running the same date again settles only what was captured since (usually nothing:
+//! a run after the day has ended is final). The report of a date adds up all its runs.
 
 use std::collections::BTreeMap;
 
@@ -155,11 +156,12 @@ impl Settlement {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SettleOutcome {
+    /// Redemptions were settled by this run (or the date was run for the first time).
     Created(Settlement),
-    /// The date was settled before; its report, unchanged.
+    /// Nothing left to settle on that date; its report, unchanged.
     Existing(Settlement),
-    /// The day has not ended yet (UTC).
-    NotOver,
+    /// The day has not begun yet (UTC).
+    Future,
 }
 
 /// The settlement of `date`, if it was run.
@@ -202,13 +204,11 @@ fn day_bounds_ms(date: time::Date) -> (i64, i64) {
 
 /// Settle the redemptions captured on `date` (UTC) that are still captured and unsettled.
 pub fn settle(c: &Connection, date: time::Date, now: i64) -> Result<SettleOutcome, StoreError> {
-    if let Some(s) = read_settlement(c, date)? {
-        return Ok(SettleOutcome::Existing(s));
-    }
     let (start, end) = day_bounds_ms(date);
-    if end > now {
-        return Ok(SettleOutcome::NotOver);
+    if start > now {
+        return Ok(SettleOutcome::Future);
     }
+    let existing = read_settlement(c, date)?;
     let d = date.to_string();
     let rows: Vec<(String, String, String, i64, String)> = {
         let mut st = c.prepare_cached(
@@ -222,6 +222,9 @@ pub fn settle(c: &Connection, date: time::Date, now: i64) -> Result<SettleOutcom
         })?
         .collect::<Result<_, _>>()?
     };
+    if let Some(s) = existing.filter(|_| rows.is_empty()) {
+        return Ok(SettleOutcome::Existing(s));
+    }
     let mut merchants: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
     let mut institutions: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
     for (_, merchant, currency, amount, institution) in &rows {
@@ -237,12 +240,15 @@ pub fn settle(c: &Connection, date: time::Date, now: i64) -> Result<SettleOutcom
         i.1 += 1;
     }
     c.prepare_cached(
-        "INSERT INTO settlements (date, redemptions, created_at) VALUES (?1, ?2, ?3)",
+        "INSERT INTO settlements (date, redemptions, created_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (date) DO UPDATE SET redemptions = redemptions + excluded.redemptions",
     )?
     .execute(params![d, rows.len() as i64, now])?;
     let mut line = c.prepare_cached(
         "INSERT INTO settlement_lines (date, party_kind, party, currency, amount, count)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (date, party_kind, party, currency) DO UPDATE
+            SET amount = amount + excluded.amount, count = count + excluded.count",
     )?;
     for ((inst, cur), (amount, count)) in &institutions {
         line.execute(params![d, "institution", inst, cur, amount, count])?;

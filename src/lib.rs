@@ -12,14 +12,17 @@
 //! - [`run`] — the daemon, wired from a [`config::Config`] and a shutdown token.
 
 pub mod api;
+pub mod caps;
 pub mod config;
 pub mod crypto;
 pub mod dispatch;
 pub mod ledger;
+pub mod metrics;
 pub mod registry;
 pub mod store;
 pub mod telemetry;
 pub mod template;
+pub mod voucher_api;
 pub mod vouchers;
 
 use std::collections::BTreeMap;
@@ -563,6 +566,37 @@ pub async fn run(
     let channels = Arc::new(channels);
     let default_channel = config.channels[0].id().to_owned();
 
+    let caps = Arc::new(caps::Caps::new(&config.caps));
+    if caps.enabled() {
+        let since = now_ms() - 86_400_000;
+        let recent = store
+            .read(move |c| {
+                // Deliveries ids are UUIDv7: their text order is their creation order.
+                let floor = store::uuid_v7_floor(since);
+                let mut st =
+                    c.prepare("SELECT msisdn, created_at FROM deliveries WHERE id >= ?1")?;
+                let rows = st.query_map([floor], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await?;
+        tracing::info!(
+            sends = recent.len(),
+            "fraud and cost caps counted the last day's sends"
+        );
+        caps.seed(recent);
+        let (caps, stop) = (caps.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => caps.prune(now_ms()),
+                }
+            }
+        });
+    }
     let state = Arc::new(api::ApiState {
         store: store.clone(),
         keys: keys.clone(),
@@ -573,6 +607,10 @@ pub async fn run(
         pin_min: config.pin.min_length,
         pin_max: config.pin.max_length,
         default_region: config.registry.default_region.clone(),
+        vouchers: config.vouchers.clone(),
+        lockout: voucher_api::Lockout::new(&config.vouchers),
+        caps: caps.clone(),
+        metrics: Arc::new(metrics::Metrics::default()),
     });
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await

@@ -73,6 +73,20 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Settle one UTC day: per-merchant payouts and per-institution claims for the
+    /// redemptions captured that day. No redemption is settled twice; running it again
+    /// prints the same report.
+    Settle {
+        /// The day, YYYY-MM-DD (UTC). Settle a day once it has ended; a run during the day
+        /// settles what was captured so far, and the next run the rest.
+        #[arg(long)]
+        date: String,
+        /// Print CSV instead of a table.
+        #[arg(long)]
+        csv: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Show a delivery.
     Status {
         id: String,
@@ -375,6 +389,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             partial,
             config,
         }) => runtime()?.block_on(import_subscribers(file, partial, config)),
+        Command::Settle { date, csv, config } => runtime()?.block_on(settle_cmd(date, csv, config)),
         Command::Status { id, api } => {
             let token = read_token(&api.token_file)?;
             let url = format!("{}/v1/deliveries/{}", api.url.trim_end_matches('/'), id);
@@ -484,6 +499,52 @@ async fn show_subscriber(store: &pinpost::store::Store, msisdn: String) -> anyho
         .await?
         .context("no such subscriber")?;
     println!("{}", serde_json::to_string_pretty(&s)?);
+    Ok(())
+}
+
+async fn settle_cmd(date: String, csv: bool, config: ConfigArg) -> anyhow::Result<()> {
+    use pinpost::ledger::SettleOutcome;
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    let day = time::Date::parse(&date, &fmt)
+        .map_err(|_| anyhow::anyhow!("--date must be YYYY-MM-DD (UTC), not {date:?}"))?;
+    let (_, store) = admin_store(&config)?;
+    let now = pinpost::now_ms();
+    let (s, fresh) = match store
+        .write(move |c| pinpost::ledger::settle(c, day, now))
+        .await?
+    {
+        SettleOutcome::Created(s) => (s, true),
+        SettleOutcome::Existing(s) => (s, false),
+        SettleOutcome::Future => bail!("{date} has not begun yet (UTC)"),
+    };
+    if csv {
+        print!("{}", s.to_csv());
+        return Ok(());
+    }
+    println!(
+        "settlement {} ({}): {} redemptions",
+        s.date,
+        if fresh {
+            "settled now"
+        } else {
+            "nothing new to settle"
+        },
+        s.redemptions
+    );
+    for l in &s.lines {
+        println!(
+            "  {:<11} {:<24} {:>18} {} ({} redemptions)",
+            if l.party_kind == "merchant" {
+                "pay"
+            } else {
+                "claim from"
+            },
+            l.party,
+            pinpost::vouchers::format_amount(l.amount),
+            l.currency,
+            l.count
+        );
+    }
     Ok(())
 }
 

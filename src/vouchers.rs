@@ -691,7 +691,8 @@ pub fn reverse(
     window_ms: i64,
     now: i64,
 ) -> Result<ReverseOutcome, StoreError> {
-    let row: Option<(String, String, String, i64, String, i64, Option<String>)> = c
+    type Row = (String, String, String, i64, String, i64, Option<String>);
+    let row: Option<Row> = c
         .prepare_cached(
             "SELECT voucher_id, merchant_id, currency, amount, state, captured_at, settlement_date
              FROM redemptions WHERE id = ?1",

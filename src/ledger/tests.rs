@@ -53,7 +53,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..64).prop_map(|redemption| Op::Reverse { redemption }),
         1 => (0usize..64).prop_map(|voucher| Op::Revoke { voucher }),
         1 => Just(Op::Expire),
-        1 => (1i64..4).prop_map(|days_back| Op::Settle { days_back }),
+        1 => (0i64..4).prop_map(|days_back| Op::Settle { days_back }),
         2 => (1i64..20).prop_map(|hours| Op::Advance { hours }),
     ]
 }
@@ -301,7 +301,7 @@ proptest! {
 }
 
 #[test]
-fn settlement_is_idempotent_and_refuses_an_open_day() {
+fn settlement_settles_each_redemption_once() {
     let mut w = World::new();
     w.apply(&Op::Issue {
         institution: 0,
@@ -329,11 +329,11 @@ fn settlement_is_idempotent_and_refuses_an_open_day() {
     let today = time::OffsetDateTime::from_unix_timestamp(w.now / 1000)
         .unwrap()
         .date();
+    let tomorrow = today.next_day().unwrap();
     assert_eq!(
-        settle(&w.conn, today, w.now).unwrap(),
-        SettleOutcome::NotOver
+        settle(&w.conn, tomorrow, w.now).unwrap(),
+        SettleOutcome::Future
     );
-    w.now += DAY;
     let SettleOutcome::Created(s) = settle(&w.conn, today, w.now).unwrap() else {
         panic!("first run creates")
     };
@@ -354,6 +354,21 @@ fn settlement_is_idempotent_and_refuses_an_open_day() {
     assert_eq!(
         vouchers::reverse(&w.conn, &rid, "m1", 10 * DAY, w.now).unwrap(),
         ReverseOutcome::Settled
+    );
+    // A later capture the same day is settled by the next run, and only it.
+    w.apply(&Op::Redeem {
+        voucher: 0,
+        merchant: 1,
+        amount: 5_000_000,
+    });
+    let SettleOutcome::Created(s2) = settle(&w.conn, today, w.now).unwrap() else {
+        panic!("new capture settles")
+    };
+    assert_eq!(s2.redemptions, 2);
+    assert!(
+        s2.to_csv().contains("merchant,m1,JPY,1500,2"),
+        "{}",
+        s2.to_csv()
     );
     w.check();
 }

@@ -193,6 +193,20 @@ impl Store {
         .await?
     }
 
+    /// Store a voucher together with its delivery; answers after the commit.
+    pub async fn issue_voucher(
+        &self,
+        voucher: crate::vouchers::NewVoucher,
+        delivery: NewDelivery,
+    ) -> Result<crate::vouchers::IssueOutcome, StoreError> {
+        self.call(|reply| Op::IssueVoucher {
+            voucher: Box::new(voucher),
+            delivery: Box::new(delivery),
+            reply,
+        })
+        .await?
+    }
+
     /// Mark up to `limit` due deliveries of `channel` as sending and return them.
     pub async fn claim(
         &self,
@@ -346,6 +360,12 @@ impl Store {
         })
         .await
     }
+}
+
+/// The smallest UUIDv7 text created at or after `ms` (for range scans over v7 ids).
+pub fn uuid_v7_floor(ms: i64) -> String {
+    let h = format!("{:012x}", ms.max(0) as u64 & 0xffff_ffff_ffff);
+    format!("{}-{}-0000-0000-000000000000", &h[..8], &h[8..])
 }
 
 fn read_delivery(c: &Connection, id: &str) -> Result<Option<DeliveryView>, StoreError> {

@@ -190,6 +190,8 @@ pub struct SweepReport {
     /// Deliveries that fell through to their next device after a step timeout.
     pub steps_advanced: usize,
     pub idempotency_purged: usize,
+    /// Vouchers whose expiry passed; their remaining value was released.
+    pub vouchers_expired: usize,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -26,6 +26,12 @@ pub(super) enum Op {
         new: Box<NewDelivery>,
         reply: oneshot::Sender<Result<EnqueueOutcome, StoreError>>,
     },
+    /// A voucher and its delivery, in one savepoint.
+    IssueVoucher {
+        voucher: Box<crate::vouchers::NewVoucher>,
+        delivery: Box<NewDelivery>,
+        reply: oneshot::Sender<Result<crate::vouchers::IssueOutcome, StoreError>>,
+    },
     Claim {
         channel: String,
         limit: usize,
@@ -202,6 +208,17 @@ impl Writer {
                 }
                 deferred.push(defer(reply, r));
             }
+            Op::IssueVoucher {
+                voucher,
+                delivery,
+                reply,
+            } => {
+                let r = self.savepoint(|w| w.issue_voucher(&voucher, &delivery));
+                if matches!(r, Ok(crate::vouchers::IssueOutcome::Created { .. })) {
+                    self.pokes.push(delivery.channel.clone());
+                }
+                deferred.push(defer(reply, r));
+            }
             Op::Claim {
                 channel,
                 limit,
@@ -264,6 +281,36 @@ impl Writer {
                 let _ = reply.send(());
             })),
         }
+    }
+
+    fn issue_voucher(
+        &mut self,
+        v: &crate::vouchers::NewVoucher,
+        d: &NewDelivery,
+    ) -> Result<crate::vouchers::IssueOutcome, StoreError> {
+        use crate::vouchers::{self, IssueOutcome};
+        if let Some(o) =
+            vouchers::issue_replay(&self.conn, &v.client, &v.idempotency_key, &v.fingerprint)?
+        {
+            return Ok(o);
+        }
+        if vouchers::pin_hash_taken(&self.conn, &v.pin_hash)? {
+            return Ok(IssueOutcome::PinCollision);
+        }
+        match self.enqueue(d)? {
+            EnqueueOutcome::Created { .. } => {}
+            other => {
+                return Err(StoreError::Open {
+                    path: "vouchers".into(),
+                    message: format!("the voucher's delivery was not created: {other:?}"),
+                });
+            }
+        }
+        vouchers::insert(&self.conn, v)?;
+        Ok(IssueOutcome::Created {
+            id: v.id.clone(),
+            delivery_id: d.id.clone(),
+        })
     }
 
     fn enqueue(&mut self, n: &NewDelivery) -> Result<EnqueueOutcome, StoreError> {
@@ -900,6 +947,14 @@ impl Writer {
                     (SELECT client, key FROM idempotency WHERE created_at < ?1 LIMIT 10000)",
             )?
             .execute(params![now - IDEMPOTENCY_TTL_MS])?;
+        rep.idempotency_purged += self
+            .conn
+            .prepare_cached(
+                "DELETE FROM voucher_idempotency WHERE (client, key) IN
+                    (SELECT client, key FROM voucher_idempotency WHERE created_at < ?1 LIMIT 10000)",
+            )?
+            .execute(params![now - IDEMPOTENCY_TTL_MS])?;
+        rep.vouchers_expired = crate::vouchers::expire_due(&self.conn, now, 10_000)?;
         Ok(rep)
     }
 
@@ -976,6 +1031,9 @@ fn fail_op(op: Op, msg: &str) {
             let _ = reply.send(Err(err()));
         }
         Op::Claim { reply, .. } => {
+            let _ = reply.send(Err(err()));
+        }
+        Op::IssueVoucher { reply, .. } => {
             let _ = reply.send(Err(err()));
         }
         Op::Cancel { reply, .. } => {

@@ -15,6 +15,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_pinpost");
 pub const CANARY: &str = "7305917735186203";
 pub const CANARY_GROUPED: &str = "7305 9177 3518 6203";
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef00";
+pub const SHOP1_TOKEN: &str = "e2e-shop1-token-0123456789abcdef00";
+pub const SHOP2_TOKEN: &str = "e2e-shop2-token-0123456789abcdef00";
 
 /// A child process whose stderr is collected line by line.
 pub struct Proc {
@@ -201,6 +203,8 @@ pub struct DaemonOpts {
     pub smsc_url: String,
     pub window: usize,
     pub extra_delivery: &'static str,
+    /// More top-level tables (e.g. `[vouchers]`, `[caps]`), placed before `[log]`.
+    pub extra_sections: String,
     pub log_filter: &'static str,
 }
 
@@ -211,6 +215,7 @@ impl DaemonOpts {
             smsc_url: smsc.to_owned(),
             window: 10,
             extra_delivery: "",
+            extra_sections: String::new(),
             log_filter: "debug",
         }
     }
@@ -229,6 +234,8 @@ pub fn write_config(dir: &Path, o: &DaemonOpts) -> PathBuf {
     let token = "e2e-billing-token-0123456789abcdef";
     std::fs::write(dir.join("billing.token"), token).unwrap();
     std::fs::write(dir.join("admin.token"), ADMIN_TOKEN).unwrap();
+    std::fs::write(dir.join("shop1.token"), SHOP1_TOKEN).unwrap();
+    std::fs::write(dir.join("shop2.token"), SHOP2_TOKEN).unwrap();
     let text = format!(
         r#"
 [api]
@@ -241,6 +248,16 @@ token_file = "{dir}/billing.token"
 name = "ops"
 role = "admin"
 token_file = "{dir}/admin.token"
+[[api.tokens]]
+name = "shop-1"
+role = "merchant"
+merchant_id = "shop-1"
+token_file = "{dir}/shop1.token"
+[[api.tokens]]
+name = "shop-2"
+role = "merchant"
+merchant_id = "shop-2"
+token_file = "{dir}/shop2.token"
 [registry]
 default_region = "JP"
 [storage]
@@ -253,6 +270,7 @@ in_doubt_after = "1s"
 retry_backoff_min = "200ms"
 retry_backoff_max = "1s"
 {extra}
+{sections}
 [log]
 filter = "{filter}"
 [[channel]]
@@ -267,6 +285,7 @@ response_timeout = "2s"
 "#,
         dir = dir.display(),
         extra = o.extra_delivery,
+        sections = o.extra_sections,
         filter = o.log_filter,
         url = o.smsc_url,
         window = o.window,
@@ -311,6 +330,7 @@ pub struct Resp {
     pub status: u16,
     pub body: Value,
     pub raw: String,
+    pub retry_after: Option<String>,
 }
 
 pub fn http(
@@ -342,9 +362,19 @@ pub fn http(
         None => agent.run(req.body(()).unwrap()).expect("http"),
     };
     let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let raw = resp.body_mut().read_to_string().unwrap_or_default();
     let body = serde_json::from_str(&raw).unwrap_or(Value::Null);
-    Resp { status, body, raw }
+    Resp {
+        status,
+        body,
+        raw,
+        retry_after,
+    }
 }
 
 impl Daemon {

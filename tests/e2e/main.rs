@@ -9,3 +9,4 @@ mod fax;
 mod harness;
 mod push;
 mod registry;
+mod vouchers;

@@ -388,10 +388,29 @@ async fn create_delivery(
         &expires_bytes,
         callback_url.as_deref().unwrap_or("").as_bytes(),
     ]);
-    let reservation = state
-        .caps
-        .check(&req.msisdn, now)
-        .map_err(|d| caps_denied(&state, d))?;
+    let reservation = match state.caps.check(&req.msisdn, now) {
+        Ok(r) => r,
+        Err(denied) => {
+            // A retry of a request that was accepted before is answered as before.
+            return match state
+                .store
+                .idempotent_delivery(&client.name, &key)
+                .await
+                .map_err(ApiError::unavailable)?
+            {
+                Some((fp, id)) if fp.as_slice() == fingerprint.as_slice() => Ok((
+                    StatusCode::ACCEPTED,
+                    axum::Json(json!({"id": id, "state": "queued"})),
+                )
+                    .into_response()),
+                Some(_) => Err(ApiError::invalid(
+                    "this Idempotency-Key was used with a different request",
+                )
+                .with_code("idempotency_conflict")),
+                None => Err(caps_denied(&state, denied)),
+            };
+        }
+    };
     let id = uuid::Uuid::now_v7().to_string();
     let pin_ct = state.keys.seal(&req.pin, id.as_bytes());
     let outcome = state

@@ -36,6 +36,8 @@ pub struct Config {
     #[serde(default)]
     pub caps: crate::caps::CapsConfig,
     #[serde(default)]
+    pub callbacks: CallbacksConfig,
+    #[serde(default)]
     pub log: LogConfig,
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelConfig>,
@@ -231,6 +233,62 @@ pub enum InDoubtAction {
     #[default]
     Resend,
     Fail,
+}
+
+/// Signed status callbacks to billing systems (the `callbacks` outbox table).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbacksConfig {
+    /// POSTs of one callback (answers other than 2xx, connection errors, timeouts) before
+    /// it is abandoned.
+    #[serde(default = "default_callback_attempts")]
+    pub max_attempts: u32,
+    /// Retry backoff: doubles from min up to max, with +-20 % jitter.
+    #[serde(default = "default_callback_backoff_min", with = "humantime_serde")]
+    pub backoff_min: Duration,
+    #[serde(default = "default_callback_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// The whole of one POST: connect, send, and the answer's status line and headers.
+    #[serde(default = "default_callback_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// POSTs in flight at once.
+    #[serde(default = "default_callback_in_flight")]
+    pub max_in_flight: usize,
+    /// How often the outbox is looked at for callbacks that are due.
+    #[serde(default = "default_callback_poll", with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+fn default_callback_attempts() -> u32 {
+    12
+}
+fn default_callback_backoff_min() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_callback_backoff_max() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_callback_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_callback_in_flight() -> usize {
+    8
+}
+fn default_callback_poll() -> Duration {
+    Duration::from_millis(250)
+}
+
+impl Default for CallbacksConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_callback_attempts(),
+            backoff_min: default_callback_backoff_min(),
+            backoff_max: default_callback_backoff_max(),
+            timeout: default_callback_timeout(),
+            max_in_flight: default_callback_in_flight(),
+            poll_interval: default_callback_poll(),
+        }
+    }
 }
 
 /// The subscriber registry.
@@ -892,6 +950,7 @@ impl Config {
             registry: RegistryConfig::default(),
             vouchers: VouchersConfig::default(),
             caps: crate::caps::CapsConfig::default(),
+            callbacks: CallbacksConfig::default(),
             log: LogConfig::default(),
             channels: vec![ChannelConfig::Smpp(SmppChannelConfig {
                 id: "sms".into(),
@@ -1078,6 +1137,37 @@ impl Config {
             ));
         }
         self.utc_offset()?;
+        let cb = &self.callbacks;
+        if cb.max_attempts == 0 {
+            return Err(ConfigError::invalid(
+                "callbacks.max_attempts",
+                "must be at least 1",
+            ));
+        }
+        if cb.backoff_min > cb.backoff_max {
+            return Err(ConfigError::invalid(
+                "callbacks.backoff_min",
+                "must not exceed backoff_max",
+            ));
+        }
+        if cb.timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "callbacks.timeout",
+                "must be longer than 0",
+            ));
+        }
+        if cb.max_in_flight == 0 || cb.max_in_flight > 256 {
+            return Err(ConfigError::invalid(
+                "callbacks.max_in_flight",
+                "must be 1..=256",
+            ));
+        }
+        if cb.poll_interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "callbacks.poll_interval",
+                "must be longer than 0",
+            ));
+        }
         if let Some(r) = &self.registry.default_region
             && r.parse::<phonenumber::country::Id>().is_err()
         {
@@ -1326,12 +1416,17 @@ url = "loopback"
         let c = Config::load(&repo("config/pinpost.toml"), Vec::new()).unwrap();
         assert_eq!(c.channels.len(), 1);
         assert_eq!(c.delivery.utc_offset, "+09:00");
-        assert_eq!(c.api.tokens.len(), 2);
+        assert_eq!(c.api.tokens.len(), 3);
+        assert_eq!(c.api.tokens[1].merchant_id.as_deref(), Some("shop-1"));
+        assert_eq!(c.vouchers.pin_length, 16);
         let ChannelConfig::Smpp(s) = &c.channels[0] else {
             panic!("first channel is SMS")
         };
         assert_eq!(s.interface_version, InterfaceVersion::V34);
         assert_eq!(s.max_tps, Some(50));
+        assert_eq!(c.callbacks.max_attempts, 12);
+        assert_eq!(c.callbacks.backoff_max, Duration::from_secs(600));
+        assert_eq!(c.callbacks.poll_interval, Duration::from_millis(250));
     }
 
     #[test]
@@ -1382,6 +1477,18 @@ url = "loopback"
             ("[storage]\ndurability = \"maybe\"", "durability"),
             ("[delivery]\nutc_offset = \"JST\"", "utc_offset"),
             ("[pin]\nmin_length = 2", "pin"),
+            ("[callbacks]\nmax_attempts = 0", "callbacks.max_attempts"),
+            (
+                "[callbacks]\nbackoff_min = \"2m\"\nbackoff_max = \"1m\"",
+                "callbacks.backoff_min",
+            ),
+            ("[callbacks]\nmax_in_flight = 0", "callbacks.max_in_flight"),
+            (
+                "[callbacks]\nmax_in_flight = 257",
+                "callbacks.max_in_flight",
+            ),
+            ("[callbacks]\ntimeout = \"0s\"", "callbacks.timeout"),
+            ("[callbacks]\nretries = 3", "retries"),
             (
                 "[[api.tokens]]\nname = \"a\"\nrole = \"billing\"",
                 "api.tokens[0]",

@@ -6,12 +6,18 @@
 //! - [`api`] — the HTTP API (axum).
 //! - [`store`] — SQLite storage with a group-committing writer thread.
 //! - [`dispatch`] — per-channel dispatchers, receipts, time-driven transitions.
+//! - [`callbacks`] — the sender of signed status callbacks to billing systems.
+//! - [`vouchers`], [`voucher_api`] — the PIN record: minting, redemption, reversal.
+//! - [`ledger`] — the double-entry ledger and settlement runs.
+//! - [`caps`] — fraud and cost caps against SMS pumping.
+//! - [`metrics`] — Prometheus counters.
 //! - [`crypto`] — the PIN key, AEAD at rest, keyed fingerprints.
 //! - [`template`] — message texts.
 //! - [`telemetry`] — logging.
 //! - [`run`] — the daemon, wired from a [`config::Config`] and a shutdown token.
 
 pub mod api;
+pub mod callbacks;
 pub mod caps;
 pub mod config;
 pub mod crypto;
@@ -528,6 +534,7 @@ pub async fn run(
         config.secrets.generate_missing,
     )?;
     let clients = load_clients(&config)?;
+    let callback_secrets = Arc::new(callbacks::Secrets::load(&config)?);
     let db_path = config.storage_path()?;
     let store = Store::open(&db_path, config.storage.durability, plan_settings(&config))?;
     let in_doubt = store
@@ -655,6 +662,12 @@ pub async fn run(
         Duration::from_millis(500),
         shutdown.clone(),
     ));
+    let callback_sender = tokio::spawn(callbacks::run(
+        store.clone(),
+        config.callbacks.clone(),
+        callback_secrets,
+        shutdown.clone(),
+    ));
     if let Some(tx) = bound {
         let _ = tx.send(addr);
     }
@@ -672,6 +685,9 @@ pub async fn run(
         tracing::warn!("drain timeout: sends still in flight are left in doubt for the next start");
     }
     let _ = maintenance.await;
+    // Callbacks in flight finish (each within callbacks.timeout) and their outcomes are
+    // recorded; callbacks queued by the last state changes wait for the next start.
+    let _ = callback_sender.await;
     // Give receipts already on the way a moment to land before unbinding.
     tokio::time::sleep(Duration::from_millis(100)).await;
     for ch in channels.values() {

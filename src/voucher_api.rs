@@ -371,11 +371,23 @@ async fn issue(
         callback_url.as_deref().unwrap_or("").as_bytes(),
     ]);
 
-    let _reservation = match state.caps.check(&msisdn, now) {
-        Ok(r) => r,
-        Err(d) => return Err(crate::api::caps_denied(&state, d)),
+    let mut reservation = match state.caps.check(&msisdn, now) {
+        Ok(r) => Some(r),
+        // A retry of an issuance accepted before goes on to be answered as a replay; it
+        // mints nothing and sends nothing.
+        Err(d) => {
+            let (client_name, k) = (client.name.clone(), key.clone());
+            let known = state
+                .store
+                .read(move |c| vouchers::issue_replay(c, &client_name, &k, &fingerprint))
+                .await
+                .map_err(ApiError::unavailable)?;
+            if known.is_none() {
+                return Err(crate::api::caps_denied(&state, d));
+            }
+            None
+        }
     };
-    let mut reservation = Some(_reservation);
     // A fresh PIN per attempt; a hash collision with a live voucher mints again.
     for _ in 0..4 {
         let pin = vouchers::mint_pin(cfg.pin_length);

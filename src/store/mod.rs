@@ -207,6 +207,23 @@ impl Store {
         .await?
     }
 
+    /// The delivery an idempotency key already created: (fingerprint, delivery id).
+    pub async fn idempotent_delivery(
+        &self,
+        client: &str,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, String)>, StoreError> {
+        let (client, key) = (client.to_owned(), key.to_owned());
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT fingerprint, delivery_id FROM idempotency WHERE client = ?1 AND key = ?2",
+            )?
+            .query_row(params![client, key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+        })
+        .await
+    }
+
     /// Mark up to `limit` due deliveries of `channel` as sending and return them.
     pub async fn claim(
         &self,

@@ -2,6 +2,7 @@
 //! loopback TCP, with temp state directories.
 
 mod api;
+mod caps_callbacks;
 mod cli;
 mod delivery;
 mod email;

@@ -402,3 +402,91 @@ fn reversal_revocation_and_brute_force_lockout() {
     assert!(!metrics.contains(&pin) && !metrics.contains(MSISDN));
     assert!(!d.proc.log().contains(&pin));
 }
+
+#[test]
+fn user_restriction_and_expiry() {
+    let smsc = Smsc::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        &DaemonOpts::new(&format!("smpp://{}", smsc.addr)),
+    );
+    let mut body = voucher_body("*", "1000", false);
+    body["user_restriction"] = json!({"msisdn_required": true, "min_age": 20, "countries": ["JP"]});
+    body["attributes"] = json!({"category": "games"});
+    let (id, pin) = issue_and_receive(&d, &smsc, "u-1", &body);
+    let v = get_voucher(&d, &id).body;
+    assert_eq!(v["user_restriction"]["countries"], json!(["JP"]));
+    assert_eq!(v["attributes"]["category"], "games");
+    let try_with = |order: &str, extra: Value| {
+        let mut b =
+            json!({"pin": pin, "amount": {"value": "1000", "currency": "JPY"}, "order_ref": order});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        http(
+            "POST",
+            &format!("{}/v1/redemptions", d.base),
+            Some(SHOP2_TOKEN),
+            &[],
+            Some(&b.to_string()),
+        )
+    };
+    let cases = [
+        (
+            json!({"customer": {"age": 30, "country": "JP"}}),
+            "customer_msisdn_mismatch",
+        ),
+        (
+            json!({"customer_msisdn": "090-9999-0000", "customer": {"age": 30, "country": "JP"}}),
+            "customer_msisdn_mismatch",
+        ),
+        (
+            json!({"customer_msisdn": "090-1234-5678", "customer": {"age": 19, "country": "JP"}}),
+            "customer_age_restricted",
+        ),
+        (
+            json!({"customer_msisdn": "090-1234-5678", "customer": {"age": 30, "country": "US"}}),
+            "customer_country_restricted",
+        ),
+    ];
+    for (i, (extra, code)) in cases.into_iter().enumerate() {
+        let r = try_with(&format!("u-{i}"), extra);
+        assert_eq!(r.status, 402, "{}", r.raw);
+        assert_eq!(r.body["error"]["code"], code, "{}", r.raw);
+    }
+    let usd = http(
+        "POST",
+        &format!("{}/v1/redemptions", d.base),
+        Some(SHOP2_TOKEN),
+        &[],
+        Some(&json!({"pin": pin, "amount": {"value": "1000", "currency": "USD"}, "order_ref": "u-usd"}).to_string()),
+    );
+    assert_eq!(usd.body["error"]["code"], "currency_mismatch");
+    // National format, normalised with the configured region: the subscriber himself.
+    let ok = try_with(
+        "u-ok",
+        json!({"customer_msisdn": "090-1234-5678", "customer": {"age": 20, "country": "JP"}}),
+    );
+    assert_eq!(ok.status, 201, "{}", ok.raw);
+
+    // A voucher that expires: the sweep ends it and redemption is declined.
+    let mut short = voucher_body("shop-1", "700", false);
+    short["ttl"] = json!("2s");
+    let (sid, spin) = issue_and_receive(&d, &smsc, "u-2", &short);
+    wait_voucher_state(&d, &sid, "expired");
+    let late = redeem(&d, SHOP1_TOKEN, &spin, "700", "u-late");
+    assert_eq!(
+        late.body["error"]["code"], "voucher_expired",
+        "{}",
+        late.raw
+    );
+    assert_eq!(get_voucher(&d, &sid).body["remaining"]["value"], "0");
+    let bad = issue(
+        &d,
+        "u-3",
+        &json!({"msisdn": "+819012345678", "amount": {"value": "-1", "currency": "JPY"},
+        "payee": "shop-1", "funding": {"source": "cash", "institution": "x"}}),
+    );
+    assert_eq!(bad.status, 422, "{}", bad.raw);
+}

@@ -26,6 +26,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod registry;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;
 pub mod template;
 pub mod voucher_api;
@@ -655,6 +656,12 @@ pub async fn run(
             sends.clone(),
         )));
     }
+    let dispatchers = Arc::new(std::sync::Mutex::new(dispatchers));
+    systemd::spawn_watchdog(dispatchers.clone(), store.clone(), shutdown.clone());
+    tokio::spawn(systemd::ready_when_bound(
+        channels.clone(),
+        shutdown.clone(),
+    ));
     let receipts_task = tokio::spawn(dispatch::run_receipts(store.clone(), receipt_rx));
     let maintenance = tokio::spawn(dispatch::run_maintenance(
         store.clone(),
@@ -673,7 +680,9 @@ pub async fn run(
     }
 
     shutdown.cancelled().await;
+    systemd::stopping();
     tracing::info!("shutting down: no new deliveries are claimed; draining in-flight sends");
+    let dispatchers = std::mem::take(&mut *dispatchers.lock().expect("dispatcher list"));
     for d in dispatchers {
         let _ = d.await;
     }

@@ -10,4 +10,5 @@ mod fax;
 mod harness;
 mod push;
 mod registry;
+mod systemd;
 mod vouchers;

@@ -202,6 +202,16 @@ fn day_bounds_ms(date: time::Date) -> (i64, i64) {
     (start, start + 86_400_000)
 }
 
+/// Totals per (party, currency): amount and redemption count.
+type Totals = BTreeMap<(String, String), (i64, i64)>;
+/// A settlement line group: party kind, ledger kind, totals, (debit, credit) of a party.
+type Group<'a> = (
+    &'a str,
+    Kind,
+    &'a Totals,
+    &'a dyn Fn(&str) -> (String, String),
+);
+
 /// Settle the redemptions captured on `date` (UTC) that are still captured and unsettled.
 pub fn settle(c: &Connection, date: time::Date, now: i64) -> Result<SettleOutcome, StoreError> {
     let (start, end) = day_bounds_ms(date);
@@ -225,8 +235,8 @@ pub fn settle(c: &Connection, date: time::Date, now: i64) -> Result<SettleOutcom
     if let Some(s) = existing.filter(|_| rows.is_empty()) {
         return Ok(SettleOutcome::Existing(s));
     }
-    let mut merchants: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
-    let mut institutions: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    let mut merchants = Totals::new();
+    let mut institutions = Totals::new();
     for (_, merchant, currency, amount, institution) in &rows {
         let m = merchants
             .entry((merchant.clone(), currency.clone()))
@@ -250,39 +260,36 @@ pub fn settle(c: &Connection, date: time::Date, now: i64) -> Result<SettleOutcom
          ON CONFLICT (date, party_kind, party, currency) DO UPDATE
             SET amount = amount + excluded.amount, count = count + excluded.count",
     )?;
-    for ((inst, cur), (amount, count)) in &institutions {
-        line.execute(params![d, "institution", inst, cur, amount, count])?;
-        post(
-            c,
-            &Posting {
-                kind: Kind::SettleClaim,
-                debit: SETTLEMENT_CASH,
-                credit: &receivable(inst),
-                currency: cur,
-                amount: *amount,
-                voucher_id: None,
-                redemption_id: None,
-                settlement_date: Some(&d),
-                now,
-            },
-        )?;
-    }
-    for ((merchant, cur), (amount, count)) in &merchants {
-        line.execute(params![d, "merchant", merchant, cur, amount, count])?;
-        post(
-            c,
-            &Posting {
-                kind: Kind::SettlePayout,
-                debit: &payable(merchant),
-                credit: SETTLEMENT_CASH,
-                currency: cur,
-                amount: *amount,
-                voucher_id: None,
-                redemption_id: None,
-                settlement_date: Some(&d),
-                now,
-            },
-        )?;
+    let payout_accounts = |m: &str| (payable(m), SETTLEMENT_CASH.to_owned());
+    let claim_accounts = |i: &str| (SETTLEMENT_CASH.to_owned(), receivable(i));
+    let groups: [Group<'_>; 2] = [
+        (
+            "institution",
+            Kind::SettleClaim,
+            &institutions,
+            &claim_accounts,
+        ),
+        ("merchant", Kind::SettlePayout, &merchants, &payout_accounts),
+    ];
+    for (party_kind, kind, totals, accounts) in groups {
+        for ((party, cur), (amount, count)) in totals {
+            line.execute(params![d, party_kind, party, cur, amount, count])?;
+            let (debit, credit) = accounts(party);
+            post(
+                c,
+                &Posting {
+                    kind,
+                    debit: &debit,
+                    credit: &credit,
+                    currency: cur,
+                    amount: *amount,
+                    voucher_id: None,
+                    redemption_id: None,
+                    settlement_date: Some(&d),
+                    now,
+                },
+            )?;
+        }
     }
     let mut mark = c.prepare_cached("UPDATE redemptions SET settlement_date = ?2 WHERE id = ?1")?;
     for (id, ..) in &rows {

@@ -549,16 +549,25 @@ async fn get_voucher(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let client = authenticate(&state, &headers)?;
-    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such voucher");
-    if !valid_id(&id) || client.role == Role::Merchant {
-        return Err(not_found());
-    }
+    let client = voucher_client(&state, &headers, &id)?;
     let v = read_voucher(&state, &id).await?;
     if client.role != Role::Admin && v.client != client.name {
-        return Err(not_found());
+        return Err(voucher_not_found());
     }
     Ok(axum::Json(voucher_json(&v)).into_response())
+}
+
+fn voucher_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such voucher")
+}
+
+/// The caller of a voucher endpoint: billing or admin (merchants see no vouchers).
+fn voucher_client(state: &ApiState, headers: &HeaderMap, id: &str) -> Result<Client, ApiError> {
+    let client = authenticate(state, headers)?;
+    if !valid_id(id) || client.role == Role::Merchant {
+        return Err(voucher_not_found());
+    }
+    Ok(client)
 }
 
 async fn revoke(
@@ -566,11 +575,8 @@ async fn revoke(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let client = authenticate(&state, &headers)?;
-    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such voucher");
-    if !valid_id(&id) || client.role == Role::Merchant {
-        return Err(not_found());
-    }
+    let client = voucher_client(&state, &headers, &id)?;
+    let not_found = voucher_not_found;
     let owner = (client.role != Role::Admin).then(|| client.name.clone());
     let vid = id.clone();
     let now = now_ms();
@@ -619,6 +625,15 @@ struct RedeemIn {
 const REDEEM_FIELDS: &str =
     "pin, amount {value, currency}, order_ref, customer_msisdn, customer {age, country}";
 
+/// A merchant token's client and the merchant it acts for.
+fn merchant(state: &ApiState, headers: &HeaderMap) -> Result<(Client, String), ApiError> {
+    let client = authenticate(state, headers)?;
+    match client.merchant_id.clone() {
+        Some(m) if client.role == Role::Merchant => Ok((client, m)),
+        _ => Err(forbidden("redemptions need a merchant token")),
+    }
+}
+
 fn decline(d: Decline) -> ApiError {
     ApiError::new(StatusCode::PAYMENT_REQUIRED, d.code(), d.message())
 }
@@ -666,14 +681,7 @@ async fn redeem(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let client = authenticate(&state, &headers)?;
-    let Some(merchant_id) = client
-        .merchant_id
-        .clone()
-        .filter(|_| client.role == Role::Merchant)
-    else {
-        return Err(forbidden("redeeming needs a merchant token"));
-    };
+    let (client, merchant_id) = merchant(&state, &headers)?;
     let now = now_ms();
     state
         .lockout
@@ -772,14 +780,7 @@ async fn reverse(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let client = authenticate(&state, &headers)?;
-    let Some(merchant_id) = client
-        .merchant_id
-        .clone()
-        .filter(|_| client.role == Role::Merchant)
-    else {
-        return Err(forbidden("reversing a redemption needs a merchant token"));
-    };
+    let (_, merchant_id) = merchant(&state, &headers)?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such redemption");
     if !valid_id(&id) {
         return Err(not_found());

@@ -803,6 +803,29 @@ async fn remove_device(
 }
 
 async fn metrics(AxState(state): AxState<Arc<ApiState>>) -> Response {
+    if let Ok(counts) = state.store.counts().await {
+        for s in crate::store::State::ALL {
+            let n = counts
+                .iter()
+                .find(|(st, _)| *st == s)
+                .map_or(0, |(_, n)| *n);
+            state
+                .metrics
+                .deliveries
+                .get_or_create(&crate::metrics::StateLabel { state: s.as_str() })
+                .set(n);
+        }
+    }
+    for (id, ch) in state.channels.iter() {
+        let up = !matches!(ch.health().await, pinpost_channel_core::Health::Down { .. });
+        state
+            .metrics
+            .channel_up
+            .get_or_create(&crate::metrics::ChannelLabel {
+                channel: id.clone(),
+            })
+            .set(up as i64);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -44,6 +44,7 @@ pub struct Ctx {
     pub keys: Keys,
     pub delivery: DeliveryConfig,
     pub utc_offset: time::UtcOffset,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Run the dispatcher of one channel until `shutdown`; in-flight sends are tracked on
@@ -237,6 +238,20 @@ async fn send_one(ctx: &Ctx, route: &Route, c: Claimed) {
 /// The one place a send outcome is logged.
 async fn record(ctx: &Ctx, f: Finish, attempts_before: u32) {
     let attempt = attempts_before + 1;
+    let class = match &f.result {
+        FinishResult::Submitted { .. } => "submitted",
+        FinishResult::Attempted { outcome, .. } => outcome.as_str(),
+        FinishResult::NotAttempted { error, .. } if error.starts_with("throttled") => "throttled",
+        FinishResult::NotAttempted { .. } => "unavailable",
+        FinishResult::Expired => "expired",
+    };
+    ctx.metrics
+        .attempts
+        .get_or_create(&crate::metrics::AttemptLabel {
+            channel: f.channel.clone(),
+            outcome: class,
+        })
+        .inc();
     match &f.result {
         FinishResult::Submitted { refs, .. } => {
             tracing::debug!(delivery_id = %f.id, channel = %f.channel, attempt, parts = refs.len(), "submitted")

@@ -574,6 +574,7 @@ pub async fn run(
     let channels = Arc::new(channels);
     let default_channel = config.channels[0].id().to_owned();
 
+    let metrics = Arc::new(metrics::Metrics::default());
     let caps = Arc::new(caps::Caps::new(&config.caps));
     if caps.enabled() {
         let since = now_ms() - 86_400_000;
@@ -618,7 +619,7 @@ pub async fn run(
         vouchers: config.vouchers.clone(),
         lockout: voucher_api::Lockout::new(&config.vouchers),
         caps: caps.clone(),
-        metrics: Arc::new(metrics::Metrics::default()),
+        metrics: metrics.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -645,6 +646,7 @@ pub async fn run(
         keys,
         delivery: config.delivery.clone(),
         utc_offset: config.utc_offset()?,
+        metrics: metrics.clone(),
     };
     let sends = TaskTracker::new();
     let mut dispatchers = Vec::new();

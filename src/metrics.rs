@@ -6,6 +6,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -18,6 +19,23 @@ pub struct ScopeLabel {
     pub scope: &'static str,
 }
 
+/// A configured channel id (operator-chosen, never request data) and an outcome class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabel {
+    pub channel: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabel {
+    pub channel: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub vouchers_issued: Counter,
@@ -26,6 +44,13 @@ pub struct Metrics {
     pub redemption_declines: Family<CodeLabel, Counter>,
     pub redemption_lockouts: Family<ScopeLabel, Counter>,
     pub caps_denied: Family<CodeLabel, Counter>,
+    /// Send outcomes by channel and class: submitted, transient, permanent, in_doubt,
+    /// throttled, unavailable, expired.
+    pub attempts: Family<AttemptLabel, Counter>,
+    /// Deliveries per state, read from the database at each scrape.
+    pub deliveries: Family<StateLabel, Gauge>,
+    /// 1 while a channel is bound / connected, 0 otherwise (at each scrape).
+    pub channel_up: Family<ChannelLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -38,6 +63,9 @@ impl Default for Metrics {
             redemption_declines: Family::default(),
             redemption_lockouts: Family::default(),
             caps_denied: Family::default(),
+            attempts: Family::default(),
+            deliveries: Family::default(),
+            channel_up: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -69,6 +97,17 @@ impl Default for Metrics {
             "caps_denied",
             "Sends refused by fraud and cost caps, by reason",
             m.caps_denied.clone(),
+        );
+        registry.register(
+            "attempts",
+            "Send outcomes by channel and class",
+            m.attempts.clone(),
+        );
+        registry.register("deliveries", "Deliveries by state", m.deliveries.clone());
+        registry.register(
+            "channel_up",
+            "Whether a channel is bound (1) or down (0)",
+            m.channel_up.clone(),
         );
         Metrics { registry, ..m }
     }

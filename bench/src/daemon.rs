@@ -47,7 +47,7 @@ pub struct DaemonArgs {
     pinpost: Option<PathBuf>,
 }
 
-struct Killed(Child);
+pub(crate) struct Killed(pub(crate) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -56,7 +56,7 @@ impl Drop for Killed {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -64,7 +64,11 @@ fn now_ms() -> i64 {
 }
 
 /// Start a process and wait for a stderr line containing `needle`; return the text after it.
-fn start(mut cmd: Command, needle: &str, log: &Path) -> anyhow::Result<(Killed, String)> {
+pub(crate) fn start(
+    mut cmd: Command,
+    needle: &str,
+    log: &Path,
+) -> anyhow::Result<(Killed, String)> {
     let logfile = std::fs::File::create(log)?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -87,7 +91,7 @@ fn start(mut cmd: Command, needle: &str, log: &Path) -> anyhow::Result<(Killed, 
     }
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
+pub(crate) fn peak_rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
         .find(|l| l.starts_with("VmHWM:"))
@@ -97,7 +101,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 /// (pin text, arrival ms) of every recorded message.
-fn recorded(path: &Path) -> Vec<(String, i64)> {
+pub(crate) fn recorded(path: &Path) -> Vec<(String, i64)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -118,7 +122,7 @@ fn count_lines(path: &Path) -> usize {
         .unwrap_or(0)
 }
 
-fn db_count(db: &Path, sql: &str) -> i64 {
+pub(crate) fn db_count(db: &Path, sql: &str) -> i64 {
     rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .and_then(|c| c.query_row(sql, [], |r| r.get(0)))
         .unwrap_or(0)
@@ -194,7 +198,7 @@ window = {window}
     })
 }
 
-fn http_status(base: &str, path: &str) -> u16 {
+pub(crate) fn http_status(base: &str, path: &str) -> u16 {
     let hostport = base.trim_start_matches("http://");
     let Ok(mut s) = TcpStream::connect(hostport) else {
         return 0;
@@ -435,7 +439,7 @@ fn latency_run(a: &DaemonArgs, bin: &Path, rate: u32) -> anyhow::Result<Latency>
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }

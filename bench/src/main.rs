@@ -6,12 +6,15 @@
 //!   SMPP clients.
 //! - `daemon` (`daemon.rs`): the whole path, HTTP API to SMSC, with the release binaries,
 //!   driven by wrk (throughput) or a paced client (latency).
+//! - `vouchers` (`vouchers.rs`): voucher issuance/s, redemptions/s and redemption latency
+//!   (closed loop with wrk, open loop with a paced client) with the release binaries.
 //!
 //! Results and the commands that produced them are kept in `BENCHMARKS.md` at the workspace
 //! root.
 
 mod daemon;
 mod smsc;
+mod vouchers;
 
 use clap::{Parser, Subcommand};
 
@@ -28,11 +31,14 @@ enum Command {
     Smsc(smsc::SmscArgs),
     /// Deliveries/s, enqueue->submit latency and peak RSS of the daemon, API to SMSC.
     Daemon(daemon::DaemonArgs),
+    /// Vouchers issued/s, redemptions/s and redemption p50/p99, API to SMSC and back.
+    Vouchers(vouchers::VouchersArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Smsc(args) => smsc::run(args),
         Command::Daemon(args) => daemon::run(args),
+        Command::Vouchers(args) => vouchers::run(args),
     }
 }

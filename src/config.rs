@@ -1419,6 +1419,8 @@ url = "loopback"
         assert_eq!(c.api.tokens.len(), 3);
         assert_eq!(c.api.tokens[1].merchant_id.as_deref(), Some("shop-1"));
         assert_eq!(c.vouchers.pin_length, 16);
+        assert_eq!(c.caps.per_msisdn_hour, Some(5));
+        assert_eq!(c.caps.destinations.len(), 2);
         let ChannelConfig::Smpp(s) = &c.channels[0] else {
             panic!("first channel is SMS")
         };

@@ -152,7 +152,10 @@ impl Store {
         conn.pragma_update(None, "cache_size", -8192)?;
         // Keep each cached statement's plan when its bound values change: the claim binds
         // a different LIMIT on nearly every call, and without this SQLite re-prepares it.
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
         let wake = Arc::new(Wakers::default());
         let (tx, rx) = mpsc::channel(16 * 1024);
         let w = writer::Writer::new(conn, wake.clone(), Arc::new(plans))?;

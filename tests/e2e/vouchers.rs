@@ -403,8 +403,14 @@ fn reversal_revocation_and_brute_force_lockout() {
         metrics.contains("pinpost_attempts_total{channel=\"sms\",outcome=\"submitted\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("pinpost_deliveries{state=\"delivered\"} 1"), "{metrics}");
-    assert!(metrics.contains("pinpost_channel_up{channel=\"sms\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("pinpost_deliveries{state=\"delivered\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pinpost_channel_up{channel=\"sms\"} 1"),
+        "{metrics}"
+    );
     assert!(!metrics.contains(&pin) && !metrics.contains(MSISDN));
     assert!(!d.proc.log().contains(&pin));
 }

@@ -147,4 +147,56 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn the_grafana_dashboard_queries_only_exported_series() {
+        let m = Metrics::default();
+        let ch = || "sms".to_owned();
+        m.attempts
+            .get_or_create(&AttemptLabel {
+                channel: ch(),
+                outcome: "submitted",
+            })
+            .inc();
+        m.deliveries
+            .get_or_create(&StateLabel { state: "queued" })
+            .set(1);
+        m.channel_up
+            .get_or_create(&ChannelLabel { channel: ch() })
+            .set(1);
+        m.redemption_declines
+            .get_or_create(&CodeLabel {
+                code: "pin_not_valid",
+            })
+            .inc();
+        m.redemption_lockouts
+            .get_or_create(&ScopeLabel { scope: "token" })
+            .inc();
+        m.caps_denied
+            .get_or_create(&CodeLabel {
+                code: "cap_exceeded",
+            })
+            .inc();
+        let text = m.render();
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../deploy/grafana-dashboard.json")).unwrap();
+        let mut queried = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for name in expr
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| w.starts_with("pinpost_"))
+                {
+                    queried += 1;
+                    let family = name.trim_end_matches("_total");
+                    assert!(
+                        text.contains(&format!("# TYPE {family} ")),
+                        "the dashboard queries {name}, which is not exported"
+                    );
+                }
+            }
+        }
+        assert!(queried >= 10, "{queried}");
+    }
 }

@@ -174,6 +174,21 @@ fn signed_callbacks_report_delivery_and_voucher_states() {
         .take(19)
         .filter(char::is_ascii_digit)
         .collect();
+    // Redeem once the voucher is delivered, so both states are reported.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http(
+        "GET",
+        &format!("{}/v1/vouchers/{voucher}", d.base),
+        Some(&d.token),
+        &[],
+        None,
+    )
+    .body["state"]
+        != "delivered"
+    {
+        assert!(Instant::now() < deadline, "voucher never delivered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let red = http(
         "POST",
         &format!("{}/v1/redemptions", d.base),
@@ -189,17 +204,27 @@ fn signed_callbacks_report_delivery_and_voucher_states() {
     let want = |b: &Value| b["type"] == "voucher.state" && b["voucher"]["state"] == "redeemed";
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let done = got
-            .lock()
-            .unwrap()
+        let calls = got.lock().unwrap().clone();
+        let bodies: Vec<Value> = calls
             .iter()
-            .any(|(_, _, b)| want(&serde_json::from_str(b).unwrap_or(Value::Null)));
+            .map(|(_, _, b)| serde_json::from_str(b).unwrap_or(Value::Null))
+            .collect();
+        let redeemed = bodies.iter().any(want)
+            && bodies
+                .iter()
+                .any(|b| b["type"] == "delivery.state" && b["delivery"]["state"] == "delivered")
+            && bodies
+                .iter()
+                .any(|b| b["type"] == "voucher.state" && b["voucher"]["state"] == "delivered");
+        // The first POST was answered 500: wait for its retry too.
+        let retried = calls.len() > 1 && calls[1..].iter().any(|c| c.1 == calls[0].1);
+        let done = redeemed && retried;
         if done {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "no redeemed callback; got {:?}",
+            "no redeemed callback or no retry; got {:?}",
             got.lock().unwrap()
         );
         std::thread::sleep(Duration::from_millis(50));

@@ -122,7 +122,16 @@ impl ApiError {
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
     }
-    pub(crate) fn unavailable(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn unavailable(e: impl std::fmt::Display + 'static) -> Self {
+        if let Some(crate::store::StoreError::Unsupported(what)) =
+            (&e as &dyn std::any::Any).downcast_ref::<crate::store::StoreError>()
+        {
+            return Self::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not_supported",
+                format!("{what} needs the SQLite storage backend"),
+            );
+        }
         tracing::error!(error = %e, "storage unavailable");
         Self {
             retry_after: Some(1),

@@ -111,11 +111,37 @@ pub enum Role {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// `sqlite://PATH` (relative paths are relative to the working directory).
+    /// `sqlite://PATH` (relative paths are relative to the working directory) or
+    /// `postgres://USER@HOST:PORT/DB` for several nodes sharing one queue.
     #[serde(default = "default_storage_url")]
     pub url: String,
     #[serde(default)]
     pub durability: Durability,
+    /// PostgreSQL: how long a claimed delivery stays leased to its node without a
+    /// heartbeat before another node's rescuer takes it back.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+    /// PostgreSQL: connections in this node's pool.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// PostgreSQL: this node's name in leases (default: host name and process id).
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_pool_size() -> usize {
+    8
+}
+
+/// Where deliveries are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageBackend {
+    Sqlite(PathBuf),
+    Postgres(String),
 }
 
 fn default_storage_url() -> String {
@@ -127,6 +153,9 @@ impl Default for StorageConfig {
         Self {
             url: default_storage_url(),
             durability: Durability::Full,
+            lease: default_lease(),
+            pool_size: default_pool_size(),
+            node: None,
         }
     }
 }
@@ -939,7 +968,7 @@ impl Config {
             },
             storage: StorageConfig {
                 url: format!("sqlite://{}", state_dir.join("pinpost.db").display()),
-                durability: Durability::Full,
+                ..StorageConfig::default()
             },
             secrets: SecretsConfig {
                 pin_key_file: state_dir.join("pin.key"),
@@ -1086,7 +1115,19 @@ impl Config {
                 ));
             }
         }
-        self.storage_path()?;
+        self.storage_backend()?;
+        if self.storage.pool_size == 0 || self.storage.pool_size > 256 {
+            return Err(ConfigError::invalid(
+                "storage.pool_size",
+                "must be between 1 and 256",
+            ));
+        }
+        if self.storage.lease < Duration::from_secs(3) {
+            return Err(ConfigError::invalid(
+                "storage.lease",
+                "must be at least 3s (heartbeats renew it every third of it)",
+            ));
+        }
         if self.pin.min_length < 4
             || self.pin.min_length > self.pin.max_length
             || self.pin.max_length > 64
@@ -1235,16 +1276,39 @@ impl Config {
         Ok(())
     }
 
-    /// The SQLite database path from `storage.url`.
-    pub fn storage_path(&self) -> Result<PathBuf, ConfigError> {
-        match self.storage.url.strip_prefix("sqlite://") {
-            Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
-            _ => Err(ConfigError::invalid(
+    /// The storage backend named by `storage.url`.
+    pub fn storage_backend(&self) -> Result<StorageBackend, ConfigError> {
+        let url = self.storage.url.as_str();
+        if let Some(p) = url.strip_prefix("sqlite://") {
+            if !p.is_empty() {
+                return Ok(StorageBackend::Sqlite(PathBuf::from(p)));
+            }
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            if url.parse::<tokio_postgres::Config>().is_ok() {
+                return Ok(StorageBackend::Postgres(url.to_owned()));
+            }
+            return Err(ConfigError::invalid(
                 "storage.url",
-                format!(
-                    "unsupported storage url {:?}: expected sqlite://PATH",
-                    self.storage.url
-                ),
+                "not a valid PostgreSQL connection URL",
+            ));
+        }
+        // The URL may carry a password: name only its scheme.
+        let scheme = url.split("://").next().unwrap_or("");
+        Err(ConfigError::invalid(
+            "storage.url",
+            format!(
+                "unsupported storage url scheme {scheme:?}: expected sqlite://PATH or postgres://..."
+            ),
+        ))
+    }
+
+    /// The SQLite database path, for the commands that work on the embedded database only.
+    pub fn storage_path(&self) -> Result<PathBuf, ConfigError> {
+        match self.storage_backend()? {
+            StorageBackend::Sqlite(p) => Ok(p),
+            StorageBackend::Postgres(_) => Err(ConfigError::invalid(
+                "storage.url",
+                "this command works on the SQLite backend only",
             )),
         }
     }

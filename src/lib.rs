@@ -522,6 +522,16 @@ pub fn pager_config(
     Ok(Some(pc))
 }
 
+/// This process's name in PostgreSQL leases: host name and process id.
+fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pinpost".into());
+    format!("{host}-{}", std::process::id())
+}
+
 /// Run the daemon until `shutdown` is cancelled, then drain. `bound` receives the API
 /// address once it listens and every channel was started.
 pub async fn run(
@@ -536,8 +546,26 @@ pub async fn run(
     )?;
     let clients = load_clients(&config)?;
     let callback_secrets = Arc::new(callbacks::Secrets::load(&config)?);
-    let db_path = config.storage_path()?;
-    let store = Store::open(&db_path, config.storage.durability, plan_settings(&config))?;
+    let store = match config.storage_backend()? {
+        config::StorageBackend::Sqlite(path) => {
+            Store::open(&path, config.storage.durability, plan_settings(&config))?
+        }
+        config::StorageBackend::Postgres(url) => {
+            let settings = store::PgSettings {
+                url,
+                pool_size: config.storage.pool_size,
+                lease_ms: config.storage.lease.as_millis() as i64,
+                node: config
+                    .storage
+                    .node
+                    .clone()
+                    .unwrap_or_else(default_node_name),
+            };
+            let store = Store::open_postgres(&settings, shutdown.child_token()).await?;
+            tracing::info!(node = %settings.node, "storage: PostgreSQL queue shared with other nodes");
+            store
+        }
+    };
     let in_doubt = store
         .recover(now_ms(), config.delivery.in_doubt_after.as_millis() as i64)
         .await?;
@@ -578,18 +606,7 @@ pub async fn run(
     let caps = Arc::new(caps::Caps::new(&config.caps));
     if caps.enabled() {
         let since = now_ms() - 86_400_000;
-        let recent = store
-            .read(move |c| {
-                // Deliveries ids are UUIDv7: their text order is their creation order.
-                let floor = store::uuid_v7_floor(since);
-                let mut st =
-                    c.prepare("SELECT msisdn, created_at FROM deliveries WHERE id >= ?1")?;
-                let rows = st.query_map([floor], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                })?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
-            })
-            .await?;
+        let recent = store.created_since(since).await?;
         tracing::info!(
             sends = recent.len(),
             "fraud and cost caps counted the last day's sends"
@@ -671,12 +688,18 @@ pub async fn run(
         Duration::from_millis(500),
         shutdown.clone(),
     ));
-    let callback_sender = tokio::spawn(callbacks::run(
-        store.clone(),
-        config.callbacks.clone(),
-        callback_secrets,
-        shutdown.clone(),
-    ));
+    // Callbacks, vouchers and the registry live in the embedded database only.
+    let callback_sender = if store.backend() == "sqlite" {
+        tokio::spawn(callbacks::run(
+            store.clone(),
+            config.callbacks.clone(),
+            callback_secrets,
+            shutdown.clone(),
+        ))
+    } else {
+        drop(callback_secrets);
+        tokio::spawn(async {})
+    };
     if let Some(tx) = bound {
         let _ = tx.send(addr);
     }

@@ -333,8 +333,27 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(arg) => {
             let cfg = load_config(&arg)?;
             pinpost::telemetry::init(&cfg.log);
-            let v = pinpost::store::migrate(&cfg.storage_path()?)?;
-            println!("schema at version {v}");
+            match cfg.storage_backend()? {
+                pinpost::config::StorageBackend::Sqlite(path) => {
+                    let v = pinpost::store::migrate(&path)?;
+                    println!("schema at version {v}");
+                }
+                pinpost::config::StorageBackend::Postgres(url) => {
+                    let settings = pinpost::store::PgSettings {
+                        url,
+                        pool_size: 1,
+                        lease_ms: cfg.storage.lease.as_millis() as i64,
+                        node: "migrate".into(),
+                    };
+                    let stop = tokio_util::sync::CancellationToken::new();
+                    runtime()?.block_on(async {
+                        let r = pinpost::store::Store::open_postgres(&settings, stop.clone()).await;
+                        stop.cancel();
+                        r
+                    })?;
+                    println!("PostgreSQL schema up to date");
+                }
+            }
             Ok(())
         }
         Command::Keygen { out } => {

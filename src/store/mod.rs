@@ -10,8 +10,11 @@
 //!   read-only connections; WAL lets them read while the writer commits).
 
 pub mod model;
+mod pg;
 pub mod refs;
 mod writer;
+
+pub use pg::PgSettings;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -48,15 +51,25 @@ pub enum StoreError {
     Closed,
     #[error("the storage schema is version {found}, newer than this pinpost ({known})")]
     TooNew { found: i64, known: i64 },
+    #[error("database: {0}")]
+    Pg(String),
+    #[error("{0} needs the SQLite storage backend")]
+    Unsupported(&'static str),
 }
 
-/// Cheap handle on the database.
+/// Cheap handle on the database: the embedded SQLite database, or a PostgreSQL queue
+/// shared with other nodes.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+enum Inner {
+    Sqlite(Sqlite),
+    Postgres(Arc<pg::PgQueue>),
+}
+
+struct Sqlite {
     tx: mpsc::Sender<Op>,
     path: PathBuf,
     readers: Mutex<Vec<Connection>>,
@@ -77,6 +90,12 @@ impl Wakers {
     fn poke(&self, channel: &str) {
         let m = self.map.lock().expect("wakers lock");
         if let Some(n) = m.get(channel) {
+            n.notify_one();
+        }
+    }
+    fn poke_all(&self) {
+        let m = self.map.lock().expect("wakers lock");
+        for n in m.values() {
             n.notify_one();
         }
     }
@@ -167,31 +186,82 @@ impl Store {
                 message: e.to_string(),
             })?;
         Ok(Store {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Inner::Sqlite(Sqlite {
                 tx,
                 path: path.to_owned(),
                 readers: Mutex::new(Vec::new()),
                 wake,
-            }),
+            })),
         })
     }
 
+    /// Connect to PostgreSQL, migrate, and start this node's lease heartbeat and
+    /// notification listener (both stop with `stop`).
+    pub async fn open_postgres(
+        settings: &PgSettings,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<Store, StoreError> {
+        Self::open_postgres_with(settings, stop, true).await
+    }
+
+    async fn open_postgres_with(
+        settings: &PgSettings,
+        stop: tokio_util::sync::CancellationToken,
+        heartbeat: bool,
+    ) -> Result<Store, StoreError> {
+        let wake = Arc::new(Wakers::default());
+        let q = Arc::new(pg::PgQueue::open(settings, wake).await?);
+        q.spawn_listener(stop.clone());
+        if heartbeat {
+            q.spawn_heartbeat(stop);
+        }
+        Ok(Store {
+            inner: Arc::new(Inner::Postgres(q)),
+        })
+    }
+
+    /// Which backend this is: "sqlite" or "postgres".
+    pub fn backend(&self) -> &'static str {
+        match &*self.inner {
+            Inner::Sqlite(_) => "sqlite",
+            Inner::Postgres(_) => "postgres",
+        }
+    }
+
+    /// This node's name in leases (PostgreSQL only).
+    pub fn node(&self) -> Option<&str> {
+        match &*self.inner {
+            Inner::Sqlite(_) => None,
+            Inner::Postgres(q) => Some(q.node()),
+        }
+    }
+
+    fn sqlite(&self, what: &'static str) -> Result<&Sqlite, StoreError> {
+        match &*self.inner {
+            Inner::Sqlite(s) => Ok(s),
+            Inner::Postgres(_) => Err(StoreError::Unsupported(what)),
+        }
+    }
+
     pub fn wakers(&self) -> Arc<Wakers> {
-        self.inner.wake.clone()
+        match &*self.inner {
+            Inner::Sqlite(s) => s.wake.clone(),
+            Inner::Postgres(q) => q.wakers(),
+        }
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, StoreError> {
+        let s = self.sqlite("this operation")?;
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .tx
-            .send(make(tx))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        s.tx.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)
     }
 
     /// Store a new delivery with its idempotency record; answers after the commit.
     pub async fn enqueue(&self, new: NewDelivery) -> Result<EnqueueOutcome, StoreError> {
+        if let Inner::Postgres(q) = &*self.inner {
+            return q.enqueue(&new).await;
+        }
         self.call(|reply| Op::Enqueue {
             new: Box::new(new),
             reply,
@@ -205,6 +275,7 @@ impl Store {
         voucher: crate::vouchers::NewVoucher,
         delivery: NewDelivery,
     ) -> Result<crate::vouchers::IssueOutcome, StoreError> {
+        self.sqlite("issuing vouchers")?;
         self.call(|reply| Op::IssueVoucher {
             voucher: Box::new(voucher),
             delivery: Box::new(delivery),
@@ -219,6 +290,9 @@ impl Store {
         client: &str,
         key: &str,
     ) -> Result<Option<(Vec<u8>, String)>, StoreError> {
+        if let Inner::Postgres(q) = &*self.inner {
+            return q.idempotent_delivery(client, key).await;
+        }
         let (client, key) = (client.to_owned(), key.to_owned());
         self.read(move |c| {
             Ok(c.prepare_cached(
@@ -237,6 +311,9 @@ impl Store {
         limit: usize,
         now: i64,
     ) -> Result<Vec<Claimed>, StoreError> {
+        if let Inner::Postgres(q) = &*self.inner {
+            return q.claim(channel, limit, now).await;
+        }
         self.call(|reply| Op::Claim {
             channel: channel.to_owned(),
             limit,
@@ -248,9 +325,11 @@ impl Store {
 
     /// Record how a send ended (fire and forget; ordered with everything else).
     pub async fn finish(&self, f: Finish) -> Result<(), StoreError> {
-        self.inner
-            .tx
-            .send(Op::Finish(Box::new(f)))
+        let s = match &*self.inner {
+            Inner::Sqlite(s) => s,
+            Inner::Postgres(q) => return q.finish(&f).await,
+        };
+        s.tx.send(Op::Finish(Box::new(f)))
             .await
             .map_err(|_| StoreError::Closed)
     }
@@ -266,14 +345,19 @@ impl Store {
         r: ReceiptIn,
         stored: Option<oneshot::Sender<()>>,
     ) -> Result<(), StoreError> {
-        self.inner
-            .tx
-            .send(Op::Receipt(Box::new(r), stored))
+        let s = match &*self.inner {
+            Inner::Sqlite(s) => s,
+            Inner::Postgres(q) => return q.receipt_acked(r, stored).await,
+        };
+        s.tx.send(Op::Receipt(Box::new(r), stored))
             .await
             .map_err(|_| StoreError::Closed)
     }
 
     pub async fn cancel(&self, id: &str, now: i64) -> Result<CancelOutcome, StoreError> {
+        if let Inner::Postgres(q) = &*self.inner {
+            return q.cancel(id, now).await;
+        }
         self.call(|reply| Op::Cancel {
             id: id.to_owned(),
             now,
@@ -284,11 +368,19 @@ impl Store {
 
     /// Time-driven transitions: expiry, in-doubt reconciliation, receipt timeouts.
     pub async fn sweep(&self, s: SweepParams) -> Result<SweepReport, StoreError> {
+        if let Inner::Postgres(q) = &*self.inner {
+            return q.sweep(s).await;
+        }
         self.call(|reply| Op::Sweep { params: s, reply }).await?
     }
 
-    /// After a restart: deliveries left `sending` by a dead process are in doubt.
+    /// After a restart: deliveries left `sending` by a dead process are in doubt. On
+    /// PostgreSQL these are the ones this node's name still holds and every lease that ran
+    /// out; other live nodes' sends are left alone.
     pub async fn recover(&self, now: i64, in_doubt_after_ms: i64) -> Result<usize, StoreError> {
+        if let Inner::Postgres(q) = &*self.inner {
+            return q.recover(now, in_doubt_after_ms).await;
+        }
         self.call(|reply| Op::Recover {
             now,
             in_doubt_after_ms,
@@ -299,12 +391,18 @@ impl Store {
 
     /// Return claimed but unsent deliveries to the queue (on shutdown).
     pub async fn release(&self, ids: Vec<String>, now: i64) -> Result<(), StoreError> {
+        if let Inner::Postgres(q) = &*self.inner {
+            return q.release(&ids, now).await;
+        }
         self.call(|reply| Op::Release { ids, now, reply }).await?
     }
 
     /// Wait until everything sent to the writer before this call is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.call(|reply| Op::Flush { reply }).await
+        match &*self.inner {
+            Inner::Sqlite(_) => self.call(|reply| Op::Flush { reply }).await,
+            Inner::Postgres(q) => q.flush().await,
+        }
     }
 
     /// Run `f` in the writer's next transaction; its answer comes after the commit.
@@ -312,16 +410,13 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let s = self.sqlite("this operation")?;
         let (tx, rx) = oneshot::channel();
         let op = Op::Call(Box::new(move |conn: &Connection| {
             let r = f(conn);
             (r.is_ok(), writer::defer(tx, r))
         }));
-        self.inner
-            .tx
-            .send(op)
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        s.tx.send(op).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -330,15 +425,19 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.sqlite("this operation")?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = inner.readers.lock().expect("reader pool").pop();
+            let Inner::Sqlite(s) = &*inner else {
+                return Err(StoreError::Closed);
+            };
+            let conn = s.readers.lock().expect("reader pool").pop();
             let conn = match conn {
                 Some(c) => c,
-                None => open_conn(&inner.path, true)?,
+                None => open_conn(&s.path, true)?,
             };
             let out = f(&conn);
-            let mut pool = inner.readers.lock().expect("reader pool");
+            let mut pool = s.readers.lock().expect("reader pool");
             if pool.len() < 4 {
                 pool.push(conn);
             }
@@ -349,12 +448,18 @@ impl Store {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<DeliveryView>, StoreError> {
+        if let Inner::Postgres(q) = &*self.inner {
+            return q.get(id).await;
+        }
         let id = id.to_owned();
         self.read(move |c| read_delivery(c, &id)).await
     }
 
     /// The earliest `next_attempt_at` of work waiting on `channel`.
     pub async fn next_due(&self, channel: &str) -> Result<Option<i64>, StoreError> {
+        if let Inner::Postgres(q) = &*self.inner {
+            return q.next_due(channel).await;
+        }
         let channel = channel.to_owned();
         self.read(move |c| {
             Ok(c.query_row(
@@ -369,6 +474,9 @@ impl Store {
 
     /// Counts per state (for tests, tools and readiness).
     pub async fn counts(&self) -> Result<Vec<(State, i64)>, StoreError> {
+        if let Inner::Postgres(q) = &*self.inner {
+            return q.counts().await;
+        }
         self.read(|c| {
             let mut st = c.prepare("SELECT state, count(*) FROM deliveries GROUP BY state")?;
             let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
@@ -380,6 +488,43 @@ impl Store {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+}
+
+impl Store {
+    /// Deliveries in `sending`, by the node holding them ("" on SQLite, which has one).
+    pub async fn leases(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        if let Inner::Postgres(q) = &*self.inner {
+            return q.leases().await;
+        }
+        let n = self
+            .counts()
+            .await?
+            .into_iter()
+            .find(|(s, _)| *s == State::Sending)
+            .map_or(0, |(_, n)| n);
+        Ok(if n > 0 {
+            vec![(String::new(), n)]
+        } else {
+            Vec::new()
+        })
+    }
+
+    /// (msisdn, created_at) of every delivery created at or after `since`.
+    pub async fn created_since(&self, since: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        if let Inner::Postgres(q) = &*self.inner {
+            return q.created_since(since).await;
+        }
+        self.read(move |c| {
+            // Delivery ids are UUIDv7: their text order is their creation order.
+            let floor = uuid_v7_floor(since);
+            let mut st = c.prepare("SELECT msisdn, created_at FROM deliveries WHERE id >= ?1")?;
+            let rows = st.query_map([floor], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
@@ -459,6 +604,36 @@ fn read_delivery(c: &Connection, id: &str) -> Result<Option<DeliveryView>, Store
         d.steps.push(s?);
     }
     Ok(Some(d))
+}
+
+#[cfg(test)]
+impl Store {
+    /// Renew this node's leases as of `now` (PostgreSQL; the daemon does it on a timer).
+    pub(crate) async fn heartbeat(&self, now: i64) -> Result<u64, StoreError> {
+        match &*self.inner {
+            Inner::Sqlite(_) => Ok(0),
+            Inner::Postgres(q) => q.heartbeat(now).await,
+        }
+    }
+
+    /// The stored PIN ciphertext's length, if any is left.
+    pub(crate) async fn pin_ct_len(&self, id: &str) -> Result<Option<usize>, StoreError> {
+        match &*self.inner {
+            Inner::Sqlite(_) => {
+                let id = id.to_owned();
+                self.read(move |c| {
+                    Ok(c.query_row(
+                        "SELECT length(pin_ct) FROM deliveries WHERE id = ?1",
+                        [id],
+                        |r| r.get::<_, Option<i64>>(0),
+                    )?
+                    .map(|n| n as usize))
+                })
+                .await
+            }
+            Inner::Postgres(q) => q.pin_ct_len(id).await,
+        }
+    }
 }
 
 #[cfg(test)]

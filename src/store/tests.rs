@@ -64,173 +64,188 @@ async fn state(s: &Store, id: &str) -> State {
     s.get(id).await.unwrap().unwrap().state
 }
 
-#[tokio::test]
-async fn idempotent_enqueue() {
-    let (_d, s) = open().await;
-    assert_eq!(
-        s.enqueue(new("a", "k1", 1, 10)).await.unwrap(),
-        EnqueueOutcome::Created { id: "a".into() }
-    );
-    assert_eq!(
-        s.enqueue(new("b", "k1", 1, 11)).await.unwrap(),
-        EnqueueOutcome::Replay { id: "a".into() }
-    );
-    assert_eq!(
-        s.enqueue(new("c", "k1", 2, 12)).await.unwrap(),
-        EnqueueOutcome::Conflict
-    );
-    let mut other_client = new("d", "k1", 2, 13);
-    other_client.client = "other".into();
-    assert_eq!(
-        s.enqueue(other_client).await.unwrap(),
-        EnqueueOutcome::Created { id: "d".into() }
-    );
-    assert!(
-        s.get("b").await.unwrap().is_none(),
-        "a replay stores nothing"
-    );
-}
+/// The queue's contract, run against every backend.
+macro_rules! queue_conformance {
+    ($open:path) => {
+        #[tokio::test]
+        async fn idempotent_enqueue() {
+            let (_d, s) = $open().await;
+            assert_eq!(
+                s.enqueue(new("a", "k1", 1, 10)).await.unwrap(),
+                EnqueueOutcome::Created { id: "a".into() }
+            );
+            assert_eq!(
+                s.enqueue(new("b", "k1", 1, 11)).await.unwrap(),
+                EnqueueOutcome::Replay { id: "a".into() }
+            );
+            assert_eq!(
+                s.enqueue(new("c", "k1", 2, 12)).await.unwrap(),
+                EnqueueOutcome::Conflict
+            );
+            let mut other_client = new("d", "k1", 2, 13);
+            other_client.client = "other".into();
+            assert_eq!(
+                s.enqueue(other_client).await.unwrap(),
+                EnqueueOutcome::Created { id: "d".into() }
+            );
+            assert!(
+                s.get("b").await.unwrap().is_none(),
+                "a replay stores nothing"
+            );
+        }
 
-#[tokio::test]
-async fn claim_submit_and_receipt_in_another_base() {
-    let (_d, s) = open().await;
-    s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
-    s.enqueue(new("b", "k2", 1, 10)).await.unwrap();
-    let c = s.claim("sms", 10, 20).await.unwrap();
-    assert_eq!(c.len(), 2);
-    assert!(
-        s.claim("sms", 10, 20).await.unwrap().is_empty(),
-        "claimed once"
-    );
-    assert_eq!(state(&s, "a").await, State::Sending);
-    // hex in the response, decimal in the receipt
-    s.finish(submitted("a", &["1A2B"], 30)).await.unwrap();
-    // decimal in the response, hex with leading zeros in the receipt
-    s.finish(submitted("b", &["6700"], 30)).await.unwrap();
-    s.receipt(receipt("6699", ReceiptStatus::Delivered, 40))
-        .await
-        .unwrap();
-    s.receipt(receipt("00001A2C", ReceiptStatus::Undeliverable, 40))
-        .await
-        .unwrap();
-    s.flush().await.unwrap();
-    let a = s.get("a").await.unwrap().unwrap();
-    assert_eq!(a.state, State::Delivered);
-    assert_eq!(a.attempts[0].outcome, "delivered");
-    assert_eq!(a.attempts[0].provider_ref.as_deref(), Some("1A2B"));
-    let b = s.get("b").await.unwrap().unwrap();
-    assert_eq!(b.state, State::Failed);
-    assert_eq!(b.attempts[0].outcome, "undeliverable");
-}
+        #[tokio::test]
+        async fn claim_submit_and_receipt_in_another_base() {
+            let (_d, s) = $open().await;
+            s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
+            s.enqueue(new("b", "k2", 1, 10)).await.unwrap();
+            let c = s.claim("sms", 10, 20).await.unwrap();
+            assert_eq!(c.len(), 2);
+            assert!(
+                s.claim("sms", 10, 20).await.unwrap().is_empty(),
+                "claimed once"
+            );
+            assert_eq!(state(&s, "a").await, State::Sending);
+            // hex in the response, decimal in the receipt
+            s.finish(submitted("a", &["1A2B"], 30)).await.unwrap();
+            // decimal in the response, hex with leading zeros in the receipt
+            s.finish(submitted("b", &["6700"], 30)).await.unwrap();
+            s.receipt(receipt("6699", ReceiptStatus::Delivered, 40))
+                .await
+                .unwrap();
+            s.receipt(receipt("00001A2C", ReceiptStatus::Undeliverable, 40))
+                .await
+                .unwrap();
+            s.flush().await.unwrap();
+            let a = s.get("a").await.unwrap().unwrap();
+            assert_eq!(a.state, State::Delivered);
+            assert_eq!(a.attempts[0].outcome, "delivered");
+            assert_eq!(a.attempts[0].provider_ref.as_deref(), Some("1A2B"));
+            let b = s.get("b").await.unwrap().unwrap();
+            assert_eq!(b.state, State::Failed);
+            assert_eq!(b.attempts[0].outcome, "undeliverable");
+        }
 
-#[tokio::test]
-async fn multipart_needs_every_part() {
-    let (_d, s) = open().await;
-    s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
-    s.claim("sms", 10, 20).await.unwrap();
-    s.finish(submitted("a", &["p1", "p2"], 30)).await.unwrap();
-    s.receipt(receipt("p1", ReceiptStatus::Delivered, 40))
-        .await
-        .unwrap();
-    s.flush().await.unwrap();
-    assert_eq!(state(&s, "a").await, State::Submitted);
-    s.receipt(receipt("P2", ReceiptStatus::Delivered, 41))
-        .await
-        .unwrap();
-    s.flush().await.unwrap();
-    assert_eq!(state(&s, "a").await, State::Delivered);
-}
+        #[tokio::test]
+        async fn multipart_needs_every_part() {
+            let (_d, s) = $open().await;
+            s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
+            s.claim("sms", 10, 20).await.unwrap();
+            s.finish(submitted("a", &["p1", "p2"], 30)).await.unwrap();
+            s.receipt(receipt("p1", ReceiptStatus::Delivered, 40))
+                .await
+                .unwrap();
+            s.flush().await.unwrap();
+            assert_eq!(state(&s, "a").await, State::Submitted);
+            s.receipt(receipt("P2", ReceiptStatus::Delivered, 41))
+                .await
+                .unwrap();
+            s.flush().await.unwrap();
+            assert_eq!(state(&s, "a").await, State::Delivered);
+        }
 
-#[tokio::test]
-async fn receipt_before_submit_response_is_kept() {
-    let (_d, s) = open().await;
-    s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
-    s.claim("sms", 10, 20).await.unwrap();
-    s.receipt(receipt("ff", ReceiptStatus::Delivered, 25))
-        .await
-        .unwrap();
-    s.flush().await.unwrap();
-    assert_eq!(state(&s, "a").await, State::Sending);
-    s.finish(submitted("a", &["255"], 30)).await.unwrap();
-    s.flush().await.unwrap();
-    assert_eq!(state(&s, "a").await, State::Delivered);
-}
+        #[tokio::test]
+        async fn receipt_before_submit_response_is_kept() {
+            let (_d, s) = $open().await;
+            s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
+            s.claim("sms", 10, 20).await.unwrap();
+            s.receipt(receipt("ff", ReceiptStatus::Delivered, 25))
+                .await
+                .unwrap();
+            s.flush().await.unwrap();
+            assert_eq!(state(&s, "a").await, State::Sending);
+            s.finish(submitted("a", &["255"], 30)).await.unwrap();
+            s.flush().await.unwrap();
+            assert_eq!(state(&s, "a").await, State::Delivered);
+        }
 
-#[tokio::test]
-async fn cancel_only_before_submission() {
-    let (_d, s) = open().await;
-    s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
-    s.enqueue(new("b", "k2", 1, 10)).await.unwrap();
-    assert_eq!(s.cancel("a", 11).await.unwrap(), CancelOutcome::Cancelled);
-    assert_eq!(
-        s.cancel("a", 12).await.unwrap(),
-        CancelOutcome::Conflict(State::Cancelled)
-    );
-    assert_eq!(s.cancel("zz", 12).await.unwrap(), CancelOutcome::NotFound);
-    let c = s.claim("sms", 10, 20).await.unwrap();
-    assert_eq!(c.len(), 1, "a cancelled delivery is never claimed");
-    assert_eq!(
-        s.cancel("b", 21).await.unwrap(),
-        CancelOutcome::Conflict(State::Sending)
-    );
-}
+        #[tokio::test]
+        async fn cancel_only_before_submission() {
+            let (_d, s) = $open().await;
+            s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
+            s.enqueue(new("b", "k2", 1, 10)).await.unwrap();
+            assert_eq!(s.cancel("a", 11).await.unwrap(), CancelOutcome::Cancelled);
+            assert_eq!(
+                s.cancel("a", 12).await.unwrap(),
+                CancelOutcome::Conflict(State::Cancelled)
+            );
+            assert_eq!(s.cancel("zz", 12).await.unwrap(), CancelOutcome::NotFound);
+            let c = s.claim("sms", 10, 20).await.unwrap();
+            assert_eq!(c.len(), 1, "a cancelled delivery is never claimed");
+            assert_eq!(
+                s.cancel("b", 21).await.unwrap(),
+                CancelOutcome::Conflict(State::Sending)
+            );
+        }
 
-#[tokio::test]
-async fn sweep_expires_reconciles_and_times_out() {
-    let (_d, s) = open().await;
-    let mut e = new("exp", "k1", 1, 10);
-    e.expires_at = Some(100);
-    s.enqueue(e).await.unwrap();
-    s.enqueue(new("doubt", "k2", 1, 10)).await.unwrap();
-    s.enqueue(new("quiet", "k3", 1, 10)).await.unwrap();
-    // Claim at 50: "exp" is not due for expiry yet, but only claim two.
-    let claimed = s.claim("sms", 3, 50).await.unwrap();
-    assert_eq!(claimed.len(), 3);
-    s.release(vec!["exp".into()], 50).await.unwrap();
-    s.finish(Finish {
-        id: "doubt".into(),
-        channel: "sms".into(),
-        started_at: 50,
-        finished_at: 60,
-        result: FinishResult::Attempted {
-            outcome: AttemptOutcome::InDoubt,
-            error: "no response".into(),
-            next: State::InDoubt,
-            next_attempt_at: 500,
-        },
-    })
-    .await
-    .unwrap();
-    let mut quiet = submitted("quiet", &["q1"], 60);
-    quiet.result = FinishResult::Submitted {
-        refs: vec!["q1".into()],
-        receipt_timeout_ms: Some(340),
+        #[tokio::test]
+        async fn sweep_expires_reconciles_and_times_out() {
+            let (_d, s) = $open().await;
+            let mut e = new("exp", "k1", 1, 10);
+            e.expires_at = Some(100);
+            s.enqueue(e).await.unwrap();
+            s.enqueue(new("doubt", "k2", 1, 10)).await.unwrap();
+            s.enqueue(new("quiet", "k3", 1, 10)).await.unwrap();
+            // Claim at 50: "exp" is not due for expiry yet, but only claim two.
+            let claimed = s.claim("sms", 3, 50).await.unwrap();
+            assert_eq!(claimed.len(), 3);
+            s.release(vec!["exp".into()], 50).await.unwrap();
+            s.finish(Finish {
+                id: "doubt".into(),
+                channel: "sms".into(),
+                started_at: 50,
+                finished_at: 60,
+                result: FinishResult::Attempted {
+                    outcome: AttemptOutcome::InDoubt,
+                    error: "no response".into(),
+                    next: State::InDoubt,
+                    next_attempt_at: 500,
+                },
+            })
+            .await
+            .unwrap();
+            let mut quiet = submitted("quiet", &["q1"], 60);
+            quiet.result = FinishResult::Submitted {
+                refs: vec!["q1".into()],
+                receipt_timeout_ms: Some(340),
+            };
+            s.finish(quiet).await.unwrap();
+            let p = SweepParams {
+                now: 450,
+                in_doubt_resend: true,
+                max_attempts: 5,
+            };
+            let r = s.sweep(p).await.unwrap();
+            assert_eq!(
+                (r.expired, r.in_doubt_resent, r.receipts_timed_out),
+                (1, 0, 1)
+            );
+            assert_eq!(state(&s, "exp").await, State::Expired);
+            let q = s.get("quiet").await.unwrap().unwrap();
+            assert_eq!(q.state, State::Submitted);
+            assert!(q.is_final);
+            assert_eq!(q.attempts[0].outcome, "unknown");
+            let r = s.sweep(SweepParams { now: 600, ..p }).await.unwrap();
+            assert_eq!(r.in_doubt_resent, 1);
+            assert_eq!(state(&s, "doubt").await, State::Queued);
+            let again = s.claim("sms", 10, 700).await.unwrap();
+            assert_eq!(again.len(), 1);
+            assert_eq!(
+                again[0].attempts, 1,
+                "the in-doubt send counted as an attempt"
+            );
+        }
     };
-    s.finish(quiet).await.unwrap();
-    let p = SweepParams {
-        now: 450,
-        in_doubt_resend: true,
-        max_attempts: 5,
-    };
-    let r = s.sweep(p).await.unwrap();
-    assert_eq!(
-        (r.expired, r.in_doubt_resent, r.receipts_timed_out),
-        (1, 0, 1)
-    );
-    assert_eq!(state(&s, "exp").await, State::Expired);
-    let q = s.get("quiet").await.unwrap().unwrap();
-    assert_eq!(q.state, State::Submitted);
-    assert!(q.is_final);
-    assert_eq!(q.attempts[0].outcome, "unknown");
-    let r = s.sweep(SweepParams { now: 600, ..p }).await.unwrap();
-    assert_eq!(r.in_doubt_resent, 1);
-    assert_eq!(state(&s, "doubt").await, State::Queued);
-    let again = s.claim("sms", 10, 700).await.unwrap();
-    assert_eq!(again.len(), 1);
-    assert_eq!(
-        again[0].attempts, 1,
-        "the in-doubt send counted as an attempt"
-    );
+}
+
+mod sqlite {
+    use super::*;
+    queue_conformance!(super::open);
+}
+
+mod postgres {
+    use super::*;
+    queue_conformance!(crate::store::pg::testing::open);
 }
 
 #[tokio::test]
@@ -422,4 +437,160 @@ async fn no_routable_device_fails_at_once() {
     let d = s.get("a").await.unwrap().unwrap();
     assert_eq!(d.state, State::Failed);
     assert!(d.last_error.unwrap().contains("no registered device"));
+}
+
+/// What several nodes on one PostgreSQL database rely on.
+mod postgres_nodes {
+    use super::*;
+    use crate::store::pg::testing::Schema;
+
+    #[tokio::test]
+    async fn concurrent_claims_never_share_a_delivery() {
+        let schema = Schema::create().await;
+        let a = schema.store("node-a").await;
+        let b = schema.store("node-b").await;
+        for i in 0..200 {
+            a.enqueue(new(&format!("d{i:03}"), &format!("k{i}"), 1, 10))
+                .await
+                .unwrap();
+        }
+        let claim_all = |s: Store| async move {
+            let mut got = Vec::new();
+            loop {
+                let c = s.claim("sms", 7, 20).await.unwrap();
+                if c.is_empty() {
+                    break got;
+                }
+                got.extend(c.into_iter().map(|c| c.id));
+            }
+        };
+        let (ga, gb) = tokio::join!(claim_all(a.clone()), claim_all(b.clone()));
+        let mut all: Vec<String> = ga.iter().chain(gb.iter()).cloned().collect();
+        assert_eq!(all.len(), 200, "every delivery claimed exactly once");
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 200, "no delivery claimed by both nodes");
+        let leases = a.leases().await.unwrap();
+        let held: i64 = leases.iter().map(|(_, n)| n).sum();
+        assert_eq!(held, 200);
+        assert!(leases.iter().all(|(n, _)| n == "node-a" || n == "node-b"));
+    }
+
+    #[tokio::test]
+    async fn a_receipt_on_another_node_lands() {
+        let schema = Schema::create().await;
+        let a = schema.store("node-a").await;
+        let b = schema.store("node-b").await;
+        a.enqueue(new("x", "k1", 1, 10)).await.unwrap();
+        assert_eq!(a.claim("sms", 10, 20).await.unwrap().len(), 1);
+        a.finish(submitted("x", &["1A2B"], 30)).await.unwrap();
+        // The SMSC writes the receipt in decimal on node b's bind.
+        b.receipt(receipt("6699", ReceiptStatus::Delivered, 40))
+            .await
+            .unwrap();
+        b.flush().await.unwrap();
+        assert_eq!(state(&a, "x").await, State::Delivered);
+    }
+
+    #[tokio::test]
+    async fn a_dead_nodes_sends_are_rescued_and_its_late_outcome_ignored() {
+        let schema = Schema::create().await;
+        let a = schema.store("node-a").await;
+        let b = schema.store("node-b").await;
+        a.enqueue(new("x", "k1", 1, 10)).await.unwrap();
+        a.enqueue(new("y", "k2", 1, 10)).await.unwrap();
+        assert_eq!(a.claim("sms", 10, 20).await.unwrap().len(), 2);
+        // Node a goes silent: no heartbeat renews its leases (30 s from 20).
+        let p = SweepParams {
+            now: 20_000,
+            in_doubt_resend: true,
+            max_attempts: 5,
+        };
+        b.recover(20_000, 1_000).await.unwrap();
+        b.sweep(p).await.unwrap();
+        assert_eq!(
+            state(&b, "x").await,
+            State::Sending,
+            "the lease still holds"
+        );
+        let r = b.sweep(SweepParams { now: 30_021, ..p }).await.unwrap();
+        assert_eq!(r.in_doubt_resent, 0, "in doubt first, for in_doubt_after");
+        let x = b.get("x").await.unwrap().unwrap();
+        assert_eq!(x.state, State::InDoubt);
+        assert_eq!(x.attempts[0].outcome, "in_doubt");
+        assert!(
+            b.leases().await.unwrap().is_empty(),
+            "nothing stays claimed"
+        );
+        let r = b.sweep(SweepParams { now: 31_100, ..p }).await.unwrap();
+        assert_eq!(r.in_doubt_resent, 2);
+        let again = b.claim("sms", 10, 31_200).await.unwrap();
+        assert_eq!(again.len(), 2, "node b resends them");
+        // Node a wakes up and reports its old send: it no longer holds the lease.
+        a.finish(submitted("x", &["old"], 31_300)).await.unwrap();
+        let x = b.get("x").await.unwrap().unwrap();
+        assert_eq!(x.state, State::Sending, "node b's send is not overwritten");
+        b.finish(submitted("x", &["new"], 31_400)).await.unwrap();
+        assert_eq!(state(&b, "x").await, State::Submitted);
+    }
+
+    #[tokio::test]
+    async fn heartbeats_keep_a_live_nodes_leases() {
+        let schema = Schema::create().await;
+        let a = schema.store("node-a").await;
+        let b = schema.store("node-b").await;
+        a.enqueue(new("x", "k1", 1, 10)).await.unwrap();
+        let now = crate::now_ms();
+        assert_eq!(a.claim("sms", 10, now).await.unwrap().len(), 1);
+        a.heartbeat(now + 25_000).await.unwrap();
+        let p = SweepParams {
+            now: now + 40_000,
+            in_doubt_resend: true,
+            max_attempts: 5,
+        };
+        b.sweep(p).await.unwrap();
+        assert_eq!(state(&b, "x").await, State::Sending, "renewed to +55 s");
+        b.sweep(SweepParams {
+            now: now + 56_000,
+            ..p
+        })
+        .await
+        .unwrap();
+        assert_eq!(state(&b, "x").await, State::InDoubt);
+    }
+
+    #[tokio::test]
+    async fn restart_under_the_same_name_rescues_at_once() {
+        let schema = Schema::create().await;
+        let a = schema.store("node-a").await;
+        a.enqueue(new("x", "k1", 1, 10)).await.unwrap();
+        a.claim("sms", 10, 20).await.unwrap();
+        let other = schema.store("node-b").await;
+        assert_eq!(other.recover(30, 1000).await.unwrap(), 0, "not b's");
+        let again = schema.store("node-a").await;
+        assert_eq!(again.recover(30, 1000).await.unwrap(), 1);
+        assert_eq!(state(&again, "x").await, State::InDoubt);
+    }
+
+    #[tokio::test]
+    async fn the_pin_ciphertext_is_wiped_when_final() {
+        let schema = Schema::create().await;
+        let s = schema.store("node-a").await;
+        s.enqueue(new("a", "k1", 1, 10)).await.unwrap();
+        s.claim("sms", 10, 20).await.unwrap();
+        s.finish(submitted("a", &["r1"], 30)).await.unwrap();
+        s.receipt(receipt("r1", ReceiptStatus::Delivered, 40))
+            .await
+            .unwrap();
+        s.flush().await.unwrap();
+        assert_eq!(s.pin_ct_len("a").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn sqlite_only_features_say_so() {
+        let schema = Schema::create().await;
+        let s = schema.store("node-a").await;
+        let e = s.read(|_| Ok(())).await.unwrap_err();
+        assert!(matches!(e, StoreError::Unsupported(_)), "{e}");
+    }
 }

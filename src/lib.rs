@@ -575,6 +575,7 @@ pub async fn run(
     let default_channel = config.channels[0].id().to_owned();
 
     let metrics = Arc::new(metrics::Metrics::default());
+    store.attach_metrics(metrics.clone()).await?;
     let caps = Arc::new(caps::Caps::new(&config.caps));
     if caps.enabled() {
         let since = now_ms() - 86_400_000;

@@ -91,6 +91,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             axum::routing::delete(remove_device),
         )
         .merge(crate::voucher_api::routes())
+        .merge(crate::console::routes())
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

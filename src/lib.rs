@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`config`] — typed TOML config, env overrides, validation (`pinpost check-config`).
 //! - [`api`] — the HTTP API (axum).
+//! - [`console`] — the operator console page and the admin JSON it polls.
 //! - [`store`] — SQLite storage with a group-committing writer thread.
 //! - [`dispatch`] — per-channel dispatchers, receipts, time-driven transitions.
 //! - [`callbacks`] — the sender of signed status callbacks to billing systems.
@@ -20,6 +21,7 @@ pub mod api;
 pub mod callbacks;
 pub mod caps;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod dispatch;
 pub mod ledger;

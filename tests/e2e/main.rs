@@ -4,6 +4,7 @@
 mod api;
 mod caps_callbacks;
 mod cli;
+mod console;
 mod delivery;
 mod email;
 mod fax;

@@ -91,6 +91,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             axum::routing::delete(remove_device),
         )
         .merge(crate::voucher_api::routes())
+        .merge(crate::console::routes())
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -812,29 +813,41 @@ async fn remove_device(
 }
 
 async fn metrics(AxState(state): AxState<Arc<ApiState>>) -> Response {
-    if let Ok(counts) = state.store.counts().await {
-        for s in crate::store::State::ALL {
-            let n = counts
-                .iter()
-                .find(|(st, _)| *st == s)
-                .map_or(0, |(_, n)| *n);
-            state
-                .metrics
-                .deliveries
-                .get_or_create(&crate::metrics::StateLabel { state: s.as_str() })
-                .set(n);
+    use crate::metrics::{ChannelLabel, StateLabel};
+    let m = &state.metrics;
+    let now = now_ms();
+    if let Ok(mut queues) = state.store.queue_overview(now).await {
+        // Every configured channel gets every series, zero when it has nothing.
+        for id in state.channels.keys() {
+            queues.entry(id.clone()).or_default();
+        }
+        for (channel, q) in &queues {
+            for s in crate::store::State::ALL {
+                let n = q.by_state.get(s.as_str()).copied().unwrap_or(0);
+                m.deliveries
+                    .get_or_create(&StateLabel {
+                        state: s.as_str(),
+                        channel: channel.clone(),
+                    })
+                    .set(n);
+            }
+            let label = ChannelLabel {
+                channel: channel.clone(),
+            };
+            m.queue_depth.get_or_create(&label).set(q.waiting);
+            m.queue_due.get_or_create(&label).set(q.due);
         }
     }
     for (id, ch) in state.channels.iter() {
         let up = !matches!(ch.health().await, pinpost_channel_core::Health::Down { .. });
-        state
-            .metrics
-            .channel_up
-            .get_or_create(&crate::metrics::ChannelLabel {
+        m.channel_up
+            .get_or_create(&ChannelLabel {
                 channel: id.clone(),
             })
             .set(up as i64);
+        m.sync_throttles(id, ch.throttled_total());
     }
+    m.refresh_tps(state.channels.keys().map(String::as_str), now);
     (
         [(
             header::CONTENT_TYPE,

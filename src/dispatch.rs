@@ -16,6 +16,7 @@ use rand::Rng;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::{DeliveryConfig, InDoubtAction};
 use crate::crypto::Keys;
@@ -109,10 +110,16 @@ pub async fn run_channel(
         for (c, permit) in claimed.into_iter().zip(held) {
             let ctx = ctx.clone();
             let route = route.clone();
-            sends.spawn(async move {
-                send_one(&ctx, &route, c).await;
-                drop(permit);
-            });
+            // Everything logged while sending (driver events included) names the delivery
+            // and the channel.
+            let span = tracing::info_span!("send", delivery_id = %c.id, channel = %id);
+            sends.spawn(
+                async move {
+                    send_one(&ctx, &route, c).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
         }
     }
     tracing::info!(channel = %id, "dispatcher stopped claiming");
@@ -190,6 +197,20 @@ async fn send_one(ctx: &Ctx, route: &Route, c: Claimed) {
     let result = route.channel.send(&msg).await;
     drop(msg);
     let now = now_ms();
+    match &result {
+        Ok(acc) => {
+            ctx.metrics
+                .note_sent(&channel, acc.provider_refs.len().max(1) as u64, now);
+            crate::metrics::Metrics::observe_ms(
+                &ctx.metrics.enqueue_to_submit,
+                &channel,
+                now - c.created_at,
+            );
+        }
+        // Nothing was handed to the peer.
+        Err(SendError::Throttled { .. } | SendError::Unavailable { .. }) => {}
+        Err(_) => ctx.metrics.note_sent(&channel, 1, now),
+    }
     let cfg = &ctx.delivery;
     let result = match result {
         Ok(acc) => FinishResult::Submitted {
@@ -235,16 +256,21 @@ async fn send_one(ctx: &Ctx, route: &Route, c: Claimed) {
     record(ctx, finish(result), c.attempts).await;
 }
 
-/// The one place a send outcome is logged.
-async fn record(ctx: &Ctx, f: Finish, attempts_before: u32) {
-    let attempt = attempts_before + 1;
-    let class = match &f.result {
+/// The class of a send outcome, one of [`crate::metrics::ATTEMPT_OUTCOMES`].
+fn outcome_class(result: &FinishResult) -> &'static str {
+    match result {
         FinishResult::Submitted { .. } => "submitted",
         FinishResult::Attempted { outcome, .. } => outcome.as_str(),
         FinishResult::NotAttempted { error, .. } if error.starts_with("throttled") => "throttled",
         FinishResult::NotAttempted { .. } => "unavailable",
         FinishResult::Expired => "expired",
-    };
+    }
+}
+
+/// The one place a send outcome is logged.
+async fn record(ctx: &Ctx, f: Finish, attempts_before: u32) {
+    let attempt = attempts_before + 1;
+    let class = outcome_class(&f.result);
     ctx.metrics
         .attempts
         .get_or_create(&crate::metrics::AttemptLabel {
@@ -340,6 +366,42 @@ mod tests {
         assert!((1600..=2400).contains(&b0), "{b0}");
         assert!((12_800..=19_200).contains(&b3), "{b3}");
         assert!(b30 <= 360_000, "{b30}");
+    }
+
+    #[test]
+    fn outcome_classes_are_a_closed_set() {
+        use crate::metrics::ATTEMPT_OUTCOMES;
+        use crate::store::AttemptOutcome;
+        let mut results = vec![
+            FinishResult::Submitted {
+                refs: vec!["1".into()],
+                receipt_timeout_ms: None,
+            },
+            FinishResult::NotAttempted {
+                error: "throttled by the peer".into(),
+                next_attempt_at: 0,
+            },
+            FinishResult::NotAttempted {
+                error: "channel unavailable: not bound".into(),
+                next_attempt_at: 0,
+            },
+            FinishResult::Expired,
+        ];
+        for outcome in [
+            AttemptOutcome::Transient,
+            AttemptOutcome::Permanent,
+            AttemptOutcome::InDoubt,
+        ] {
+            results.push(FinishResult::Attempted {
+                outcome,
+                error: "free text from the peer 4921773055614410".into(),
+                next: State::Failed,
+                next_attempt_at: 0,
+            });
+        }
+        let classes: std::collections::BTreeSet<_> = results.iter().map(outcome_class).collect();
+        let all: std::collections::BTreeSet<_> = ATTEMPT_OUTCOMES.into_iter().collect();
+        assert_eq!(classes, all);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`config`] — typed TOML config, env overrides, validation (`pinpost check-config`).
 //! - [`api`] — the HTTP API (axum).
+//! - [`console`] — the operator console page and the admin JSON it polls.
 //! - [`store`] — SQLite storage with a group-committing writer thread.
 //! - [`dispatch`] — per-channel dispatchers, receipts, time-driven transitions.
 //! - [`callbacks`] — the sender of signed status callbacks to billing systems.
@@ -20,6 +21,7 @@ pub mod api;
 pub mod callbacks;
 pub mod caps;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod dispatch;
 pub mod ledger;
@@ -603,6 +605,7 @@ pub async fn run(
     let default_channel = config.channels[0].id().to_owned();
 
     let metrics = Arc::new(metrics::Metrics::default());
+    store.attach_metrics(metrics.clone()).await?;
     let caps = Arc::new(caps::Caps::new(&config.caps));
     if caps.enabled() {
         let since = now_ms() - 86_400_000;

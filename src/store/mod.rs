@@ -9,6 +9,7 @@
 //! - this file: the [`Store`] handle, migrations and the read side (a small pool of
 //!   read-only connections; WAL lets them read while the writer commits).
 
+pub mod admin;
 pub mod model;
 mod pg;
 pub mod refs;

@@ -105,6 +105,8 @@ pub struct Claimed {
     pub expires_at: Option<i64>,
     /// Attempts made on the current step before this one.
     pub attempts: u32,
+    /// When the delivery was enqueued (Unix ms).
+    pub created_at: i64,
 }
 
 /// The outcome of one attempt, as the dispatcher decided it.

@@ -68,6 +68,7 @@ pub(super) struct PgQueue {
     wake: Arc<Wakers>,
     /// Receipts being applied in the background.
     receipts: Arc<tokio::sync::Semaphore>,
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 const RECEIPTS_IN_FLIGHT: u32 = 64;
@@ -164,6 +165,7 @@ impl PgQueue {
             in_doubt_after_ms: AtomicI64::new(60_000),
             wake,
             receipts: Arc::new(tokio::sync::Semaphore::new(RECEIPTS_IN_FLIGHT as usize)),
+            metrics: std::sync::OnceLock::new(),
         };
         q.migrate().await?;
         Ok(q)
@@ -473,7 +475,7 @@ impl PgQueue {
                                   ORDER BY next_attempt_at LIMIT $2
                                   FOR UPDATE SKIP LOCKED)
                      RETURNING id, coalesce(address, msisdn), pin_ct, amount_value,
-                               amount_currency, payee, expires_at, step_attempts",
+                               amount_currency, payee, expires_at, step_attempts, created_at",
                 )
                 .await?;
             let rows = tx
@@ -490,6 +492,7 @@ impl PgQueue {
                     payee: r.get(5),
                     expires_at: r.get(6),
                     attempts: r.get::<_, i64>(7) as u32,
+                    created_at: r.get(8),
                 })
                 .collect())
         })
@@ -511,13 +514,103 @@ impl PgQueue {
         if !r.status.is_final() {
             return Ok(());
         }
-        in_tx!(self, |tx| {
+        let sent_at = in_tx!(self, |tx| {
             for id in ref_locks(&r.channel, [r.provider_ref.as_str()]) {
                 tx.execute("SELECT pg_advisory_xact_lock($1)", &[&id])
                     .await?;
             }
             apply_receipt(tx, r).await
-        })
+        })?;
+        if let (Some(m), Some(sent_at)) = (self.metrics.get(), sent_at) {
+            crate::metrics::Metrics::observe_ms(&m.submit_to_receipt, &r.channel, r.at - sent_at);
+        }
+        Ok(())
+    }
+
+    pub(super) fn use_metrics(&self, m: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(m);
+    }
+
+    pub(super) async fn queue_overview(
+        &self,
+        now: i64,
+    ) -> Result<std::collections::BTreeMap<String, super::admin::ChannelQueue>, StoreError> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query(
+                "SELECT channel, state, count(*),
+                        count(*) FILTER (WHERE state IN ('queued', 'retry_wait')
+                                           AND next_attempt_at <= $1)
+                 FROM deliveries GROUP BY channel, state",
+                &[&now],
+            )
+            .await?;
+        let mut out: std::collections::BTreeMap<String, super::admin::ChannelQueue> =
+            Default::default();
+        for r in rows {
+            let Some(state) = State::parse(r.get::<_, &str>(1)) else {
+                continue;
+            };
+            let (n, due): (i64, i64) = (r.get(2), r.get(3));
+            let q = out.entry(r.get(0)).or_default();
+            q.by_state.insert(state.as_str(), n);
+            if matches!(state, State::Queued | State::RetryWait) {
+                q.waiting += n;
+                q.due += due;
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn delivery_row(
+        &self,
+        id: &str,
+    ) -> Result<Option<super::admin::DeliveryRow>, StoreError> {
+        let c = self.pool.get().await?;
+        let sql = format!(
+            "SELECT {} FROM deliveries WHERE id = $1",
+            super::admin::ROW_COLUMNS
+        );
+        Ok(c.query_opt(&sql, &[&id]).await?.map(|r| delivery_row(&r)))
+    }
+
+    pub(super) async fn deliveries_to(
+        &self,
+        msisdn: &str,
+        since: i64,
+        limit: usize,
+    ) -> Result<Vec<super::admin::DeliveryRow>, StoreError> {
+        let c = self.pool.get().await?;
+        let sql = format!(
+            "SELECT {} FROM deliveries WHERE msisdn = $1 AND created_at >= $2
+             ORDER BY created_at DESC, id DESC LIMIT $3",
+            super::admin::ROW_COLUMNS
+        );
+        Ok(c.query(&sql, &[&msisdn, &since, &(limit as i64)])
+            .await?
+            .iter()
+            .map(delivery_row)
+            .collect())
+    }
+
+    pub(super) async fn recent_failures(
+        &self,
+        since: i64,
+        limit: usize,
+    ) -> Result<Vec<super::admin::DeliveryRow>, StoreError> {
+        let c = self.pool.get().await?;
+        let sql = format!(
+            "SELECT {} FROM deliveries WHERE id >= $1 AND state IN ('failed', 'expired')
+             ORDER BY updated_at DESC, id DESC LIMIT $2",
+            super::admin::ROW_COLUMNS
+        );
+        Ok(
+            c.query(&sql, &[&super::uuid_v7_floor(since), &(limit as i64)])
+                .await?
+                .iter()
+                .map(delivery_row)
+                .collect(),
+        )
     }
 
     pub(super) async fn cancel(&self, id: &str, now: i64) -> Result<CancelOutcome, StoreError> {
@@ -704,6 +797,20 @@ impl PgQueue {
             )
             .await?;
         Ok(row.get::<_, Option<i32>>(0).map(|n| n as usize))
+    }
+}
+
+fn delivery_row(r: &tokio_postgres::Row) -> super::admin::DeliveryRow {
+    super::admin::DeliveryRow {
+        id: r.get(0),
+        msisdn: r.get(1),
+        channel: r.get(2),
+        state: State::parse(r.get::<_, &str>(3)).unwrap_or(State::Failed),
+        is_final: r.get(4),
+        attempts: r.get(5),
+        last_error: r.get(6),
+        created_at: r.get(7),
+        updated_at: r.get(8),
     }
 }
 
@@ -1002,10 +1109,11 @@ fn status_from_part(s: &str) -> ReceiptStatus {
 }
 
 /// Apply a final receipt; the caller holds its reference locks.
+/// Returns when the finished attempt was sent, when this receipt ended it.
 async fn apply_receipt(
     tx: &deadpool_postgres::Transaction<'_>,
     r: &ReceiptIn,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<Option<i64>, tokio_postgres::Error> {
     let Some((part_id, delivery_id, seq)) = find_part(tx, &r.channel, &r.provider_ref).await?
     else {
         tx.execute(
@@ -1021,7 +1129,7 @@ async fn apply_receipt(
             ],
         )
         .await?;
-        return Ok(());
+        return Ok(None);
     };
     // One receipt at a time per delivery: the parts of one message may land on two nodes.
     let open = tx
@@ -1038,7 +1146,7 @@ async fn apply_receipt(
     )
     .await?;
     if !open {
-        return Ok(());
+        return Ok(None);
     }
     let counts = tx
         .query_one(
@@ -1056,7 +1164,7 @@ async fn apply_receipt(
         ReceiptStatus::Undeliverable | ReceiptStatus::Expired
     );
     if pending > 0 && !failed_now {
-        return Ok(());
+        return Ok(None);
     }
     let err_text = r
         .error_code
@@ -1083,12 +1191,14 @@ async fn apply_receipt(
     } else {
         (State::Delivered, "delivered", None)
     };
-    tx.execute(
-        "UPDATE attempts SET outcome = $3, finished_at = $4, error = $5
-         WHERE delivery_id = $1 AND seq = $2",
-        &[&delivery_id, &seq, &outcome, &r.at, &error],
-    )
-    .await?;
+    let sent_at: Option<i64> = tx
+        .query_opt(
+            "UPDATE attempts SET outcome = $3, finished_at = $4, error = $5
+             WHERE delivery_id = $1 AND seq = $2 RETURNING started_at",
+            &[&delivery_id, &seq, &outcome, &r.at, &error],
+        )
+        .await?
+        .map(|row| row.get(0));
     tx.execute(
         "DELETE FROM message_parts WHERE delivery_id = $1",
         &[&delivery_id],
@@ -1101,7 +1211,7 @@ async fn apply_receipt(
         &[&delivery_id, &state.as_str(), &error, &r.at],
     )
     .await?;
-    Ok(())
+    Ok(sent_at)
 }
 
 async fn take_early_receipt(
@@ -1131,7 +1241,7 @@ async fn take_early_receipt(
         error_code: row.get(1),
         at: row.get(2),
     };
-    Box::pin(apply_receipt(tx, &receipt)).await
+    Box::pin(apply_receipt(tx, &receipt)).await.map(|_| ())
 }
 
 /// The time-driven transitions; only one node sweeps at a time. Returns the channels with

@@ -66,6 +66,8 @@ pub(super) enum Op {
     /// Any other change (registry writes): runs in the batch's transaction, answers after
     /// the commit. The bool says whether it succeeded (its savepoint is kept).
     Call(Box<CallFn>),
+    /// Observe receipt latencies into these metrics from now on.
+    UseMetrics(Arc<crate::metrics::Metrics>),
 }
 
 /// A write run by [`Op::Call`]: whether it succeeded, and its answer.
@@ -110,6 +112,7 @@ pub(super) struct Writer {
     plans: Arc<PlanSettings>,
     /// Channels whose dispatcher is poked after the current batch commits.
     pokes: Vec<String>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Writer {
@@ -126,6 +129,7 @@ impl Writer {
             early_receipts,
             plans,
             pokes: Vec::new(),
+            metrics: None,
         })
     }
 
@@ -280,6 +284,7 @@ impl Writer {
             Op::Flush { reply } => deferred.push(Box::new(move |_| {
                 let _ = reply.send(());
             })),
+            Op::UseMetrics(m) => self.metrics = Some(m),
         }
     }
 
@@ -488,7 +493,7 @@ impl Writer {
                             AND next_attempt_at <= ?3
                           ORDER BY next_attempt_at LIMIT ?2)
              RETURNING id, coalesce(address, msisdn), pin_ct, amount_value, amount_currency, payee,
-                       expires_at, step_attempts",
+                       expires_at, step_attempts, created_at",
         )?;
         let rows = st.query_map(params![channel, limit as i64, now], |r| {
             Ok(Claimed {
@@ -500,6 +505,7 @@ impl Writer {
                 payee: r.get(5)?,
                 expires_at: r.get(6)?,
                 attempts: r.get::<_, i64>(7)? as u32,
+                created_at: r.get(8)?,
             })
         })?;
         let mut out = Vec::with_capacity(limit);
@@ -784,12 +790,19 @@ impl Writer {
         let Some((step, planned)) = step else {
             return Ok(());
         };
-        self.conn
+        let sent_at: Option<i64> = self
+            .conn
             .prepare_cached(
                 "UPDATE attempts SET outcome = ?3, finished_at = ?4, error = ?5
-                 WHERE delivery_id = ?1 AND seq = ?2",
+                 WHERE delivery_id = ?1 AND seq = ?2 RETURNING started_at",
             )?
-            .execute(params![delivery_id, seq, outcome, r.at, error])?;
+            .query_row(params![delivery_id, seq, outcome, r.at, error], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let (Some(m), Some(sent_at)) = (&self.metrics, sent_at) {
+            crate::metrics::Metrics::observe_ms(&m.submit_to_receipt, &r.channel, r.at - sent_at);
+        }
         self.conn
             .prepare_cached("DELETE FROM message_parts WHERE delivery_id = ?1")?
             .execute(params![delivery_id])?;
@@ -1055,6 +1068,6 @@ fn fail_op(op: Op, msg: &str) {
             // Nothing ran: answer with the failure through a throwaway connection-free path.
             drop(f);
         }
-        Op::Finish(_) | Op::Receipt(..) => {}
+        Op::Finish(_) | Op::Receipt(..) | Op::UseMetrics(_) => {}
     }
 }

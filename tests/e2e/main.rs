@@ -4,10 +4,12 @@
 mod api;
 mod caps_callbacks;
 mod cli;
+mod console;
 mod delivery;
 mod email;
 mod fax;
 mod harness;
+mod metrics;
 mod push;
 mod registry;
 mod systemd;

@@ -404,7 +404,7 @@ fn reversal_revocation_and_brute_force_lockout() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("pinpost_deliveries{state=\"delivered\"} 1"),
+        metrics.contains("pinpost_deliveries{state=\"delivered\",channel=\"sms\"} 1"),
         "{metrics}"
     );
     assert!(

@@ -227,6 +227,12 @@ pub trait Channel: Send + Sync + 'static {
     async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, SendError>;
     /// Bound? Broker connected? Modem answers AT?
     async fn health(&self) -> Health;
+    /// How many times since start the peer answered "slow down" (SMPP ESME_RTHROTTLED or
+    /// ESME_RMSGQFUL), counting each retried part, whether or not the send finally went
+    /// through. Drivers whose peers have no such answer report 0.
+    fn throttled_total(&self) -> u64 {
+        0
+    }
     /// Unbind / QUIT / DISCONNECT, within a bound. Idempotent.
     async fn shutdown(&self) {}
 }

@@ -142,6 +142,11 @@ async fn throttling_pauses_the_whole_bind_and_retries_without_failures() {
         20 + throttles.len(),
         "each throttled PDU is sent again"
     );
+    assert_eq!(
+        ch.throttled_total(),
+        throttles.len() as u64,
+        "every slow-down answer is counted"
+    );
     // After each throttle answer, no submit reaches the SMSC until the pause is over.
     for t in &throttles {
         let during: Vec<_> = r
@@ -180,6 +185,11 @@ async fn throttling_beyond_the_budget_returns_throttled() {
     assert!(took <= Duration::from_secs(3), "{took:?}");
     assert!(took >= Duration::from_secs(2), "{took:?}");
     assert!(fake.record().submits.len() >= 3, "the same PDU was retried");
+    assert_eq!(
+        ch.throttled_total(),
+        fake.record().submits.len() as u64,
+        "every answer was a slow-down, and each is counted"
+    );
     ch.shutdown().await;
 }
 

@@ -29,7 +29,7 @@ mod transport;
 
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -75,6 +75,8 @@ struct View {
     cfg: SmppConfig,
     caps: Capabilities,
     limits: encoding::Limits,
+    /// Throttling answers to this handle's submits.
+    throttled: AtomicU64,
 }
 
 /// Stops the actor when the last handle goes away.
@@ -234,6 +236,7 @@ impl SmppChannel {
             cfg: cfg.clone(),
             caps: caps.clone(),
             limits,
+            throttled: AtomicU64::new(0),
         });
         let shared = Arc::new(Shared {
             ussd_channel: Arc::new(Mutex::new(None)),
@@ -281,6 +284,7 @@ impl SmppChannel {
                 cfg,
                 caps,
                 limits: encoding::USSD,
+                throttled: AtomicU64::new(0),
             }),
             _owner: self._owner.clone(),
         }
@@ -443,6 +447,7 @@ impl SmppChannel {
                     return Ok(id);
                 }
                 StatusClass::Throttled => {
+                    self.view.throttled.fetch_add(1, Ordering::Relaxed);
                     shared.limiter.pause(cfg.throttle_pause);
                     if started.elapsed() + cfg.throttle_pause > cfg.throttle_retry_budget {
                         return Err(SendError::Throttled {
@@ -500,6 +505,10 @@ impl Channel for SmppChannel {
             span.in_scope(|| debug!(class = e.class(), error = %e, "send failed"));
         }
         out
+    }
+
+    fn throttled_total(&self) -> u64 {
+        self.view.throttled.load(Ordering::Relaxed)
     }
 
     async fn health(&self) -> Health {

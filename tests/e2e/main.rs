@@ -10,6 +10,7 @@ mod email;
 mod fax;
 mod harness;
 mod metrics;
+mod multinode;
 mod push;
 mod registry;
 mod systemd;

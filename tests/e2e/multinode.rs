@@ -1,0 +1,203 @@
+//! Three daemons on one PostgreSQL database, one killed with SIGKILL mid-run.
+//!
+//! Needs the PostgreSQL server the test suite uses (`PINPOST_TEST_POSTGRES`, default
+//! postgres@127.0.0.1:5432/test; `.ci/run` starts one). Each run works in its own schema.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+fn pg_base() -> String {
+    std::env::var("PINPOST_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Run one SQL statement with psql; its unaligned output.
+fn psql(sql: &str) -> String {
+    let out = Command::new("psql")
+        .arg(pg_base())
+        .args(["-v", "ON_ERROR_STOP=1", "-qtA", "-c", sql])
+        .output()
+        .expect("psql (postgresql-client)");
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+struct Schema(String);
+
+impl Schema {
+    fn new() -> Schema {
+        let name = format!("e2e_{}", std::process::id());
+        psql(&format!(
+            "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"
+        ));
+        Schema(name)
+    }
+    fn q(&self, sql: &str) -> String {
+        psql(&format!("SET search_path TO {}; {sql}", self.0))
+    }
+    fn url(&self) -> String {
+        let sep = if pg_base().contains('?') { '&' } else { '?' };
+        format!("{}{sep}options=-csearch_path%3D{}", pg_base(), self.0)
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .arg(pg_base())
+            .args(["-c", &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0)])
+            .output();
+    }
+}
+
+fn start_node(schema: &Schema, smsc: &Smsc, name: &str) -> (tempfile::TempDir, Daemon) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = DaemonOpts::new(&format!("smpp://{}", smsc.addr));
+    o.extra_delivery = "in_doubt_action = \"resend\"\nreceipt_timeout = \"5s\"";
+    o.extra_channels = "max_tps = 40".into();
+    o.log_filter = "info";
+    let config = write_config(dir.path(), &o);
+    // Share one PIN key: any node may send any delivery.
+    std::fs::write(
+        dir.path().join("pin.key"),
+        "8f3c0a1b2c3d4e5f60718293a4b5c6d7e8f9011223344556677889900aabbccd",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let sqlite = format!("url = \"sqlite://{}/pinpost.db\"", dir.path().display());
+    assert!(text.contains(&sqlite));
+    let text = text.replace(
+        &sqlite,
+        &format!(
+            "url = \"{}\"\nlease = \"3s\"\npool_size = 4\nnode = \"{name}\"",
+            schema.url()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let d = Daemon::start_with(dir.path(), &config);
+    (dir, d)
+}
+
+#[test]
+fn three_nodes_one_killed_every_delivery_ends_and_duplicates_are_bounded() {
+    let schema = Schema::new();
+    let smsc = Smsc::start(&["--response-delay", "20ms"]);
+    let mut nodes: Vec<_> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| start_node(&schema, &smsc, n))
+        .collect();
+
+    const N: usize = 360;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let d = &nodes[i % 3].1;
+        let r = d.enqueue(&format!("mn-{i}"), &delivery("+819012345678", &pin_for(i)));
+        assert_eq!(r.status, 202, "{}", r.raw);
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+
+    // Kill n1 while all three are sending (120 sends/s in all; n1 holds up to a window).
+    smsc.wait_messages(N / 4, Duration::from_secs(60));
+    let held_by_n1: i64 = schema
+        .q("SELECT count(*) FROM deliveries WHERE lease_owner = 'n1' AND state = 'sending'")
+        .parse()
+        .unwrap();
+    nodes[0].1.proc.kill9();
+    eprintln!("killed n1 holding about {held_by_n1} sends");
+
+    // Every delivery reaches a final state on the two survivors (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let open: i64 = schema
+            .q("SELECT count(*) FROM deliveries WHERE NOT final")
+            .parse()
+            .unwrap();
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} deliveries still open: {}\nn2 log:\n{}",
+            schema.q(
+                "SELECT state, lease_owner, count(*) FROM deliveries WHERE NOT final GROUP BY 1, 2"
+            ),
+            tail(&nodes[1].1.proc.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(
+        schema.q("SELECT count(*) FROM deliveries"),
+        N.to_string(),
+        "nothing lost"
+    );
+    assert_eq!(
+        schema.q(
+            "SELECT count(*) FROM deliveries WHERE state = 'sending' OR lease_owner IS NOT NULL"
+        ),
+        "0",
+        "nothing stays claimed"
+    );
+    let by_state = schema.q("SELECT state, count(*) FROM deliveries GROUP BY 1 ORDER BY 1");
+    eprintln!("final states:\n{by_state}");
+    let delivered: usize = schema
+        .q("SELECT count(*) FROM deliveries WHERE state = 'delivered'")
+        .parse()
+        .unwrap();
+
+    // Duplicates at the SMSC: the same text (each PIN is distinct) submitted twice.
+    let texts = smsc.texts();
+    let mut distinct = texts.clone();
+    distinct.sort();
+    distinct.dedup();
+    let duplicates = texts.len() - distinct.len();
+    assert_eq!(distinct.len(), N, "every PIN reached the SMSC");
+    let rescued: usize = schema
+        .q("SELECT count(*) FROM attempts WHERE outcome = 'in_doubt'
+            AND error LIKE 'the node sending it stopped%'")
+        .parse()
+        .unwrap();
+    let in_doubt: usize = schema
+        .q("SELECT count(*) FROM attempts WHERE outcome = 'in_doubt'")
+        .parse()
+        .unwrap();
+    eprintln!(
+        "submits {}, duplicates {duplicates}, rescued from n1 {rescued}, in-doubt attempts {in_doubt}, delivered {delivered}",
+        texts.len()
+    );
+    assert!(
+        duplicates <= in_doubt,
+        "only sends whose outcome was unknown are sent twice"
+    );
+    assert!(
+        rescued <= 10,
+        "a dead node's in-flight work is at most its window (10): {rescued}"
+    );
+    // Receipts came back on whichever node's bind the SMSC chose: almost all delivered.
+    assert!(
+        delivered + rescued >= N - 10,
+        "delivered {delivered} of {N}:\n{by_state}"
+    );
+    // The survivors' metrics read the shared queue.
+    let m = http(
+        "GET",
+        &format!("{}/metrics", nodes[1].1.base),
+        None,
+        &[],
+        None,
+    );
+    assert_eq!(m.status, 200);
+    assert!(
+        m.raw.contains("pinpost_queue_depth"),
+        "{}",
+        tail(&m.raw, 20)
+    );
+    for (_, d) in nodes.iter_mut().skip(1) {
+        d.proc.sigterm();
+    }
+}

@@ -8,6 +8,7 @@ mod delivery;
 mod email;
 mod fax;
 mod harness;
+mod openapi;
 mod push;
 mod registry;
 mod systemd;

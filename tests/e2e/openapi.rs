@@ -14,6 +14,10 @@ fn start() -> (Smsc, tempfile::TempDir, Daemon) {
     let mut o = DaemonOpts::new(&format!("smpp://{}", smsc.addr));
     // Thousands of requests: keep the collected log small.
     o.log_filter = "info";
+    // Caps, so that the fuzzer also meets their refusals (403 and 429).
+    o.extra_sections =
+        "[caps]\nper_msisdn_hour = 3\n[[caps.destination]]\nprefix = \"+1\"\naction = \"block\"\n"
+            .into();
     let d = Daemon::start(dir.path(), &o);
     (smsc, dir, d)
 }
@@ -129,7 +133,7 @@ fn schemathesis(d: &Daemon, token: &str, extra: &[&str]) {
             "--checks",
             "not_a_server_error,status_code_conformance,response_schema_conformance",
             "--max-examples",
-            "60",
+            "100",
             "--seed",
             "20261124",
             "--workers",

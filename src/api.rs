@@ -836,7 +836,7 @@ fn device_json(d: &crate::registry::Device) -> DeviceOut {
     }
 }
 
-/// The subscriber's details; an empty body keeps them as they are.
+/// The subscriber's details, which a PUT replaces; an empty or `null` body is the same as `{}`.
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PutSubscriber {
@@ -900,10 +900,13 @@ async fn put_subscriber(
     require_admin(&authenticate(&state, &headers)?)?;
     let msisdn = subscriber_msisdn(&state, &raw)?;
     let bytes = read_body(&state, &headers, body).await?;
+    // The body is optional: empty or `null` is the same as `{}`.
     let req: PutSubscriber = if bytes.iter().all(u8::is_ascii_whitespace) {
         PutSubscriber::default()
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| describe_json_error(&e))?
+        serde_json::from_slice::<Option<PutSubscriber>>(&bytes)
+            .map_err(|e| describe_json_error(&e))?
+            .unwrap_or_default()
     };
     if let Some(n) = &req.name
         && (n.chars().count() > 128 || n.chars().any(char::is_control))

@@ -112,6 +112,35 @@ fn a_repeated_settlement_format_is_a_documented_json_error() {
     assert_eq!(r.body["date"], "2026-11-01");
 }
 
+/// The document declares the body of `PUT /v1/subscribers/{msisdn}` optional and nullable;
+/// `null` is therefore the same as no body, or `{}` (it was a 422).
+#[test]
+fn a_null_subscriber_body_is_an_empty_one() {
+    let (_smsc, _dir, d) = start();
+    let put = |body: Option<&str>| {
+        http(
+            "PUT",
+            &format!("{}/v1/subscribers/+819012345678", d.base),
+            Some(ADMIN_TOKEN),
+            &[],
+            body,
+        )
+    };
+    let r = put(Some(r#"{"name": "Taro"}"#));
+    assert_eq!(r.status, 201, "{}", r.raw);
+    assert_eq!(r.body["name"], "Taro", "{}", r.raw);
+    // PUT replaces the details: without a name, the subscriber has none.
+    for body in [Some("null"), None, Some("{}")] {
+        let r = put(Some(r#"{"name": "Jiro"}"#));
+        assert_eq!(r.body["name"], "Jiro", "{}", r.raw);
+        let r = put(body);
+        assert_eq!(r.status, 200, "{body:?}: {}", r.raw);
+        assert_eq!(r.body["name"], Value::Null, "{body:?}: {}", r.raw);
+    }
+    let r = put(Some(r#""Taro""#));
+    assert_eq!(r.status, 422, "{}", r.raw);
+}
+
 /// Run `schemathesis run` against the daemon's document with `token`; `extra` narrows it.
 /// Fails (never skips) when schemathesis is not installed.
 fn schemathesis(d: &Daemon, token: &str, extra: &[&str]) {

@@ -160,7 +160,8 @@ fn schemathesis(d: &Daemon, token: &str, extra: &[&str]) {
         .args(["--header", &format!("Authorization: Bearer {token}")])
         .args([
             "--checks",
-            "not_a_server_error,status_code_conformance,response_schema_conformance",
+            "not_a_server_error,status_code_conformance,response_schema_conformance,\
+             content_type_conformance,response_headers_conformance",
             "--max-examples",
             "100",
             "--seed",

@@ -136,10 +136,14 @@ mod tests {
             }
         }
         let mut out = BTreeSet::new();
-        for (id, ms) in methods {
-            let path = paths.get(&id).expect("every route has a path");
-            for m in ms {
-                out.insert((path.clone(), m));
+        for (id, path) in paths {
+            match methods.get(&id) {
+                Some(ms) => out.extend(ms.iter().map(|m| (path.clone(), m.clone()))),
+                // A service mounted whole (route_service, nest_service): any method. It
+                // cannot match a documented operation, so it fails the test until handled.
+                None => {
+                    out.insert((path, "any method".to_owned()));
+                }
             }
         }
         out

@@ -19,10 +19,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::ToSchema;
 
 use crate::config::Role;
 use crate::crypto::Keys;
@@ -70,6 +70,11 @@ pub struct ApiState {
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
+    routes().with_state(state)
+}
+
+/// Every route, before the state is attached (the OpenAPI document's test reads this table).
+pub(crate) fn routes() -> Router<Arc<ApiState>> {
     Router::new()
         .route("/v1/deliveries", axum::routing::post(create_delivery))
         .route(
@@ -95,11 +100,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/v1/openapi.json", get(crate::openapi::serve))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .with_state(state)
 }
 
 /// An API error. The message is written by pinpost, never copied from input.
@@ -145,14 +150,64 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable code to branch on and a message for people. The message never
+/// quotes the request.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// For example `invalid_request`, `unauthorized`, `not_found`, or a redemption decline.
+    #[schema(example = "invalid_request")]
+    pub code: String,
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, s.into());
         }
         resp
+    }
+}
+
+/// Axum's `Path`, with a segment that is not valid percent-encoded UTF-8 answered as
+/// `400 invalid_path` in the API's error format.
+pub(crate) struct PathParam<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for PathParam<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        use axum::extract::rejection::PathRejection;
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(PathParam(v)),
+            Err(PathRejection::FailedToDeserializePathParams(_)) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                "a path segment is not valid percent-encoded UTF-8",
+            )
+            .into_response()),
+            Err(e) => Err(e.into_response()),
+        }
     }
 }
 
@@ -194,26 +249,42 @@ pub(crate) fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<Clie
     found.ok_or_else(unauthorized)
 }
 
-#[derive(Deserialize)]
+/// A PIN to deliver.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateDelivery {
+pub(crate) struct CreateDelivery {
+    /// E.164: '+', then 8 to 15 digits, not starting with 0.
+    #[schema(pattern = r"^\+[1-9][0-9]{7,14}$", example = "+819012345678")]
     msisdn: String,
+    /// Digits only, of the configured length (`[pin] min_length` to `max_length`, within 4
+    /// to 64).
+    #[schema(value_type = String, pattern = "^[0-9]{4,64}$", example = "4921773055614410")]
     pin: SecretString,
     #[serde(default)]
     amount: Option<Amount>,
+    /// 1 to 64 characters without control characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     payee: Option<String>,
+    /// RFC 3339, in the future.
     #[serde(default)]
+    #[schema(format = DateTime, example = "2030-12-01T00:00:00Z")]
     expires_at: Option<String>,
+    /// Where state changes are posted (http or https); the token needs a callback secret.
     #[serde(default)]
+    #[schema(format = "uri", max_length = 2048)]
     callback_url: Option<String>,
 }
 
-#[derive(Deserialize, Serialize, Clone)]
+/// A decimal amount and its ISO 4217 currency.
+#[derive(Deserialize, Serialize, Clone, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Amount {
-    value: String,
-    currency: String,
+pub(crate) struct Amount {
+    /// A decimal string: up to 15 integer digits, up to 4 decimals.
+    #[schema(pattern = r"^[0-9]{1,15}(\.[0-9]{1,4})?$", example = "3000")]
+    pub(crate) value: String,
+    #[schema(pattern = "^[A-Z]{3}$", example = "JPY")]
+    pub(crate) currency: String,
 }
 
 const DELIVERY_FIELDS: &str =
@@ -322,6 +393,38 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(s.to_owned())
 }
 
+/// A delivery accepted (`state` is `queued`) or cancelled (`cancelled`).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DeliveryRef {
+    id: String,
+    state: crate::store::State,
+}
+
+/// Enqueue a PIN delivery.
+///
+/// `202` once the delivery is on disk. The same `Idempotency-Key` with the same body answers
+/// the same; with another body, `422 idempotency_conflict`.
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries",
+    tag = "deliveries",
+    params(
+        ("Idempotency-Key" = String, Header, description = "1 to 255 visible ASCII characters; a retry with the same key and body is answered as before", pattern = "^[!-~]{1,255}$"),
+    ),
+    request_body(content = CreateDelivery, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored and queued (or the replay of an earlier request)", body = DeliveryRef),
+        (status = 400, description = "`invalid_json`, `idempotency_key_required` or `invalid_idempotency_key`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`destination_blocked` by the fraud and cost caps", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not application/json", body = ErrorBody),
+        (status = 422, description = "`invalid_request` or `idempotency_conflict`", body = ErrorBody),
+        (status = 429, description = "`cap_exceeded`: a send cap is reached; nothing was sent", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "`unavailable`: storage is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+    security(("bearer" = []))
+)]
 async fn create_delivery(
     AxState(state): AxState<Arc<ApiState>>,
     headers: HeaderMap,
@@ -410,7 +513,10 @@ async fn create_delivery(
             {
                 Some((fp, id)) if fp.as_slice() == fingerprint.as_slice() => Ok((
                     StatusCode::ACCEPTED,
-                    axum::Json(json!({"id": id, "state": "queued"})),
+                    axum::Json(DeliveryRef {
+                        id,
+                        state: crate::store::State::Queued,
+                    }),
                 )
                     .into_response()),
                 Some(_) => Err(ApiError::invalid(
@@ -454,7 +560,10 @@ async fn create_delivery(
     match outcome {
         EnqueueOutcome::Created { id } | EnqueueOutcome::Replay { id } => Ok((
             StatusCode::ACCEPTED,
-            axum::Json(json!({"id": id, "state": "queued"})),
+            axum::Json(DeliveryRef {
+                id,
+                state: crate::store::State::Queued,
+            }),
         )
             .into_response()),
         EnqueueOutcome::Conflict => Err(ApiError::invalid(
@@ -479,61 +588,134 @@ fn visible(client: &Client, d: &DeliveryView) -> bool {
     client.role == Role::Admin || d.client == client.name
 }
 
-fn delivery_json(d: &DeliveryView) -> serde_json::Value {
-    let attempts: Vec<_> = d
-        .attempts
-        .iter()
-        .map(|a| {
-            json!({
-                "seq": a.seq,
-                "step": a.step,
-                "channel": a.channel,
-                "started_at": rfc3339(a.started_at),
-                "finished_at": a.finished_at.map(rfc3339),
-                "outcome": a.outcome,
-                "provider_ref": a.provider_ref,
-                "error": a.error,
-            })
-        })
-        .collect();
+/// A delivery as `GET /v1/deliveries/{id}` shows it. Never the PIN.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DeliveryOut {
+    id: String,
+    msisdn: String,
+    state: crate::store::State,
+    /// pinpost will do nothing more with the delivery.
+    #[serde(rename = "final")]
+    is_final: bool,
+    channel: String,
+    amount: Option<Amount>,
+    payee: Option<String>,
+    #[schema(format = DateTime)]
+    expires_at: Option<String>,
+    last_error: Option<String>,
+    /// The plan: one step per registered device tried, in order.
+    steps: Vec<StepOut>,
+    attempts: Vec<AttemptOut>,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    updated_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct StepOut {
+    step: i64,
+    kind: String,
+    address: String,
+    channel: Option<String>,
+    outcome: Option<String>,
+    reason: Option<String>,
+    #[schema(format = DateTime)]
+    started_at: Option<String>,
+    #[schema(format = DateTime)]
+    ended_at: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AttemptOut {
+    seq: i64,
+    step: i64,
+    channel: String,
+    #[schema(format = DateTime)]
+    started_at: String,
+    #[schema(format = DateTime)]
+    finished_at: Option<String>,
+    outcome: String,
+    provider_ref: Option<String>,
+    error: Option<String>,
+}
+
+fn delivery_json(d: &DeliveryView) -> DeliveryOut {
     let amount = match (&d.amount_value, &d.amount_currency) {
-        (Some(v), Some(c)) => json!({"value": v, "currency": c}),
-        _ => serde_json::Value::Null,
+        (Some(v), Some(c)) => Some(Amount {
+            value: v.clone(),
+            currency: c.clone(),
+        }),
+        _ => None,
     };
-    json!({
-        "id": d.id,
-        "msisdn": d.msisdn,
-        "state": d.state,
-        "final": d.is_final || d.state.is_terminal(),
-        "channel": d.channel,
-        "amount": amount,
-        "payee": d.payee,
-        "expires_at": d.expires_at.map(rfc3339),
-        "last_error": d.last_error,
-        "steps": d.steps.iter().map(|st| json!({
-            "step": st.step,
-            "kind": st.kind,
-            "address": st.address,
-            "channel": st.channel,
-            "outcome": st.outcome,
-            "reason": st.reason,
-            "started_at": st.started_at.map(rfc3339),
-            "ended_at": st.ended_at.map(rfc3339),
-        })).collect::<Vec<_>>(),
-        "attempts": attempts,
-        "created_at": rfc3339(d.created_at),
-        "updated_at": rfc3339(d.updated_at),
-    })
+    DeliveryOut {
+        id: d.id.clone(),
+        msisdn: d.msisdn.clone(),
+        state: d.state,
+        is_final: d.is_final || d.state.is_terminal(),
+        channel: d.channel.clone(),
+        amount,
+        payee: d.payee.clone(),
+        expires_at: d.expires_at.map(rfc3339),
+        last_error: d.last_error.clone(),
+        steps: d
+            .steps
+            .iter()
+            .map(|st| StepOut {
+                step: st.step,
+                kind: st.kind.clone(),
+                address: st.address.clone(),
+                channel: st.channel.clone(),
+                outcome: st.outcome.clone(),
+                reason: st.reason.clone(),
+                started_at: st.started_at.map(rfc3339),
+                ended_at: st.ended_at.map(rfc3339),
+            })
+            .collect(),
+        attempts: d
+            .attempts
+            .iter()
+            .map(|a| AttemptOut {
+                seq: a.seq,
+                step: a.step,
+                channel: a.channel.clone(),
+                started_at: rfc3339(a.started_at),
+                finished_at: a.finished_at.map(rfc3339),
+                outcome: a.outcome.clone(),
+                provider_ref: a.provider_ref.clone(),
+                error: a.error.clone(),
+            })
+            .collect(),
+        created_at: rfc3339(d.created_at),
+        updated_at: rfc3339(d.updated_at),
+    }
 }
 
 pub(crate) fn valid_id(id: &str) -> bool {
     id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
+/// A delivery's state, plan and attempts.
+///
+/// Billing tokens see their own deliveries; admin tokens see all.
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries/{id}",
+    tag = "deliveries",
+    params(("id" = String, Path, description = "The delivery id")),
+    responses(
+        (status = 200, description = "The delivery", body = DeliveryOut),
+        (status = 400, description = "`invalid_path`: a path segment is not valid percent-encoded UTF-8", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such delivery (or another client's)", body = ErrorBody),
+        (status = 503, description = "`unavailable`: storage is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+    security(("bearer" = []))
+)]
 async fn get_delivery(
     AxState(state): AxState<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
     let client = authenticate(&state, &headers)?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such delivery");
@@ -547,10 +729,26 @@ async fn get_delivery(
     }
 }
 
+/// Cancel a delivery not yet handed to a channel.
+#[utoipa::path(
+    delete,
+    path = "/v1/deliveries/{id}",
+    tag = "deliveries",
+    params(("id" = String, Path, description = "The delivery id")),
+    responses(
+        (status = 200, description = "Cancelled", body = DeliveryRef),
+        (status = 400, description = "`invalid_path`: a path segment is not valid percent-encoded UTF-8", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such delivery (or another client's)", body = ErrorBody),
+        (status = 409, description = "`not_cancellable`: the delivery was already handed to a channel or is final", body = ErrorBody),
+        (status = 503, description = "`unavailable`: storage is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+    security(("bearer" = []))
+)]
 async fn cancel_delivery(
     AxState(state): AxState<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
     let client = authenticate(&state, &headers)?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such delivery");
@@ -567,9 +765,11 @@ async fn cancel_delivery(
         .await
         .map_err(ApiError::unavailable)?
     {
-        CancelOutcome::Cancelled => {
-            Ok(axum::Json(json!({"id": id, "state": "cancelled"})).into_response())
-        }
+        CancelOutcome::Cancelled => Ok(axum::Json(DeliveryRef {
+            id,
+            state: crate::store::State::Cancelled,
+        })
+        .into_response()),
         CancelOutcome::NotFound => Err(not_found()),
         CancelOutcome::Conflict(s) => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -599,60 +799,128 @@ pub(crate) fn subscriber_msisdn(state: &ApiState, raw: &str) -> Result<String, A
         .map_err(|e| ApiError::invalid(format!("msisdn: {e}")))
 }
 
-fn subscriber_json(s: &crate::registry::Subscriber) -> serde_json::Value {
-    json!({
-        "msisdn": s.msisdn,
-        "name": s.name,
-        "devices": s.devices.iter().map(device_json).collect::<Vec<_>>(),
-        "created_at": rfc3339(s.created_at),
-        "updated_at": rfc3339(s.updated_at),
-    })
+/// A subscriber and the devices a PIN to its number tries, in order.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SubscriberOut {
+    /// E.164.
+    msisdn: String,
+    name: Option<String>,
+    devices: Vec<DeviceOut>,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    updated_at: String,
 }
 
-fn device_json(d: &crate::registry::Device) -> serde_json::Value {
-    json!({
-        "id": d.id,
-        "kind": d.kind,
-        "address": d.address,
-        "priority": d.priority,
-        "step_timeout": d.step_timeout_ms.map(|ms| crate::config::format_duration(std::time::Duration::from_millis(ms as u64))),
-        "options": d.options,
-    })
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DeviceOut {
+    id: String,
+    /// `sms`, `ussd`, `pager`, `fax`, `email` or `carnav`.
+    kind: String,
+    /// Normalised for the kind (E.164 for numbers).
+    address: String,
+    /// Lower goes first.
+    priority: i64,
+    /// A duration such as `2m`; null: the configured default.
+    step_timeout: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    options: Option<serde_json::Value>,
 }
 
-#[derive(Deserialize, Default)]
+fn subscriber_json(s: &crate::registry::Subscriber) -> SubscriberOut {
+    SubscriberOut {
+        msisdn: s.msisdn.clone(),
+        name: s.name.clone(),
+        devices: s.devices.iter().map(device_json).collect(),
+        created_at: rfc3339(s.created_at),
+        updated_at: rfc3339(s.updated_at),
+    }
+}
+
+fn device_json(d: &crate::registry::Device) -> DeviceOut {
+    DeviceOut {
+        id: d.id.clone(),
+        kind: d.kind.clone(),
+        address: d.address.clone(),
+        priority: d.priority,
+        step_timeout: d
+            .step_timeout_ms
+            .map(|ms| crate::config::format_duration(std::time::Duration::from_millis(ms as u64))),
+        options: d.options.clone(),
+    }
+}
+
+/// The subscriber's details, which a PUT replaces; an empty or `null` body is the same as `{}`.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PutSubscriber {
+pub(crate) struct PutSubscriber {
+    /// At most 128 characters without control characters.
     #[serde(default)]
+    #[schema(max_length = 128)]
     name: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// A device to register.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AddDevice {
+pub(crate) struct AddDevice {
+    #[schema(example = "sms")]
     kind: String,
+    /// A phone number for `sms`, `ussd`, `fax` and `pager` (national formats with
+    /// `[registry] default_region`), an e-mail address for `email`, a unit id for `carnav`.
+    #[schema(example = "+819012345678")]
     address: String,
+    /// Lower goes first; 0 to 1000000.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1_000_000)]
     priority: Option<i64>,
+    /// How long this device gets before the next is tried, such as `2m`.
     #[serde(default)]
+    #[schema(example = "2m")]
     step_timeout: Option<String>,
+    /// Kind-specific options, e.g. `openpgp_key` for `email`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     options: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// Create or rename a subscriber (admin).
+#[utoipa::path(
+    put,
+    path = "/v1/subscribers/{msisdn}",
+    tag = "subscribers",
+    params(("msisdn" = String, Path, description = "The subscriber's number: E.164, or national with `[registry] default_region`", example = "+819012345678")),
+    request_body(content = Option<PutSubscriber>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Renamed", body = SubscriberOut),
+        (status = 201, description = "Created", body = SubscriberOut),
+        (status = 400, description = "`invalid_json`, or `invalid_path`: a path segment is not valid percent-encoded UTF-8", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: this needs an admin token", body = ErrorBody),
+        (status = 404, description = "`not_found`: the subscriber was removed meanwhile", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not application/json", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: a bad number or name", body = ErrorBody),
+        (status = 503, description = "`unavailable`: storage is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+    security(("bearer" = []))
+)]
 async fn put_subscriber(
     AxState(state): AxState<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
     require_admin(&authenticate(&state, &headers)?)?;
     let msisdn = subscriber_msisdn(&state, &raw)?;
     let bytes = read_body(&state, &headers, body).await?;
+    // The body is optional: empty or `null` is the same as `{}`.
     let req: PutSubscriber = if bytes.iter().all(u8::is_ascii_whitespace) {
         PutSubscriber::default()
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| describe_json_error(&e))?
+        serde_json::from_slice::<Option<PutSubscriber>>(&bytes)
+            .map_err(|e| describe_json_error(&e))?
+            .unwrap_or_default()
     };
     if let Some(n) = &req.name
         && (n.chars().count() > 128 || n.chars().any(char::is_control))
@@ -682,10 +950,27 @@ async fn put_subscriber(
     Ok((status, axum::Json(subscriber_json(&s))).into_response())
 }
 
+/// A subscriber with its devices (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/subscribers/{msisdn}",
+    tag = "subscribers",
+    params(("msisdn" = String, Path, description = "The subscriber's number: E.164, or national with `[registry] default_region`", example = "+819012345678")),
+    responses(
+        (status = 200, description = "The subscriber", body = SubscriberOut),
+        (status = 400, description = "`invalid_path`: a path segment is not valid percent-encoded UTF-8", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: this needs an admin token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such subscriber", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: not a phone number", body = ErrorBody),
+        (status = 503, description = "`unavailable`: storage is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+    security(("bearer" = []))
+)]
 async fn get_subscriber(
     AxState(state): AxState<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam<String>,
 ) -> Result<Response, ApiError> {
     require_admin(&authenticate(&state, &headers)?)?;
     let msisdn = subscriber_msisdn(&state, &raw)?;
@@ -704,10 +989,27 @@ async fn get_subscriber(
     }
 }
 
+/// Remove a subscriber and its devices (admin).
+#[utoipa::path(
+    delete,
+    path = "/v1/subscribers/{msisdn}",
+    tag = "subscribers",
+    params(("msisdn" = String, Path, description = "The subscriber's number: E.164, or national with `[registry] default_region`", example = "+819012345678")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "`invalid_path`: a path segment is not valid percent-encoded UTF-8", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: this needs an admin token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such subscriber", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: not a phone number", body = ErrorBody),
+        (status = 503, description = "`unavailable`: storage is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+    security(("bearer" = []))
+)]
 async fn delete_subscriber(
     AxState(state): AxState<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam<String>,
 ) -> Result<Response, ApiError> {
     require_admin(&authenticate(&state, &headers)?)?;
     let msisdn = subscriber_msisdn(&state, &raw)?;
@@ -727,10 +1029,30 @@ async fn delete_subscriber(
     }
 }
 
+/// Register a device for a subscriber (admin).
+#[utoipa::path(
+    post,
+    path = "/v1/subscribers/{msisdn}/devices",
+    tag = "subscribers",
+    params(("msisdn" = String, Path, description = "The subscriber's number: E.164, or national with `[registry] default_region`", example = "+819012345678")),
+    request_body(content = AddDevice, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Registered", body = DeviceOut),
+        (status = 400, description = "`invalid_json`, or `invalid_path`: a path segment is not valid percent-encoded UTF-8", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: this needs an admin token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such subscriber", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not application/json", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: a bad number, kind, address, priority or step_timeout", body = ErrorBody),
+        (status = 503, description = "`unavailable`: storage is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+    security(("bearer" = []))
+)]
 async fn add_device(
     AxState(state): AxState<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
     require_admin(&authenticate(&state, &headers)?)?;
@@ -789,10 +1111,27 @@ async fn add_device(
     }
 }
 
+/// Remove one of a subscriber's devices (admin).
+#[utoipa::path(
+    delete,
+    path = "/v1/subscribers/{msisdn}/devices/{id}",
+    tag = "subscribers",
+    params(("msisdn" = String, Path, description = "The subscriber's number: E.164, or national with `[registry] default_region`", example = "+819012345678"), ("id" = String, Path, description = "The device id")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "`invalid_path`: a path segment is not valid percent-encoded UTF-8", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: this needs an admin token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such device", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: not a phone number", body = ErrorBody),
+        (status = 503, description = "`unavailable`: storage is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+    security(("bearer" = []))
+)]
 async fn remove_device(
     AxState(state): AxState<Arc<ApiState>>,
     headers: HeaderMap,
-    Path((raw, id)): Path<(String, String)>,
+    PathParam((raw, id)): PathParam<(String, String)>,
 ) -> Result<Response, ApiError> {
     require_admin(&authenticate(&state, &headers)?)?;
     let msisdn = subscriber_msisdn(&state, &raw)?;
@@ -812,6 +1151,16 @@ async fn remove_device(
     }
 }
 
+/// Prometheus metrics in the OpenMetrics text format. No token needed.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The exposition", body = String, content_type = "application/openmetrics-text"),
+    ),
+    security(())
+)]
 async fn metrics(AxState(state): AxState<Arc<ApiState>>) -> Response {
     use crate::metrics::{ChannelLabel, StateLabel};
     let m = &state.metrics;
@@ -892,10 +1241,43 @@ pub(crate) fn caps_denied(state: &ApiState, d: crate::caps::Denied) -> ApiError 
     }
 }
 
-async fn healthz() -> Response {
-    axum::Json(json!({"status": "ok"})).into_response()
+/// The answer of `/healthz` and `/readyz`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Health {
+    /// `ok` (healthz), `ready` or `not_ready` (readyz).
+    status: &'static str,
+    /// Channel id to why it is down (readyz, when not ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channels_down: Option<HashMap<String, String>>,
 }
 
+/// The process is up. No token needed.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "Up: `{\"status\": \"ok\"}`", body = Health)),
+    security(())
+)]
+async fn healthz() -> Response {
+    axum::Json(Health {
+        status: "ok",
+        channels_down: None,
+    })
+    .into_response()
+}
+
+/// Migrated and every channel bound. No token needed.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Not ready: `channels_down` names the channels that are down and why", body = Health),
+    ),
+    security(())
+)]
 async fn readyz(AxState(state): AxState<Arc<ApiState>>) -> Response {
     let mut down = HashMap::new();
     for (id, ch) in state.channels.iter() {
@@ -904,11 +1286,18 @@ async fn readyz(AxState(state): AxState<Arc<ApiState>>) -> Response {
         }
     }
     if down.is_empty() {
-        axum::Json(json!({"status": "ready"})).into_response()
+        axum::Json(Health {
+            status: "ready",
+            channels_down: None,
+        })
+        .into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "not_ready", "channels_down": down})),
+            axum::Json(Health {
+                status: "not_ready",
+                channels_down: Some(down),
+            }),
         )
             .into_response()
     }

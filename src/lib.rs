@@ -12,6 +12,7 @@
 //! - [`ledger`] — the double-entry ledger and settlement runs.
 //! - [`caps`] — fraud and cost caps against SMS pumping.
 //! - [`metrics`] — Prometheus counters.
+//! - [`openapi`] — the OpenAPI document, derived from the handlers.
 //! - [`crypto`] — the PIN key, AEAD at rest, keyed fingerprints.
 //! - [`template`] — message texts.
 //! - [`telemetry`] — logging.
@@ -26,6 +27,7 @@ pub mod crypto;
 pub mod dispatch;
 pub mod ledger;
 pub mod metrics;
+pub mod openapi;
 pub mod registry;
 pub mod store;
 pub mod systemd;

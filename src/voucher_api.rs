@@ -15,19 +15,20 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State as AxState};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::ToSchema;
 
 use crate::api::{
-    ApiError, ApiState, Client, authenticate, describe_json_error_for, idempotency_key, read_body,
-    require_admin, rfc3339, valid_id,
+    Amount, ApiError, ApiState, Client, ErrorBody, PathParam, authenticate,
+    describe_json_error_for, idempotency_key, read_body, require_admin, rfc3339, valid_id,
 };
 use crate::config::{Role, VouchersConfig, valid_callback_url, valid_party_id};
 use crate::ledger::{self, SettleOutcome};
@@ -144,14 +145,21 @@ fn ms_to_secs_ceil(ms: i64) -> u64 {
     ((ms.max(1) + 999) / 1000) as u64
 }
 
-fn amount_json(v: i64, currency: &str) -> serde_json::Value {
-    json!({"value": format_amount(v), "currency": currency})
+fn amount_json(v: i64, currency: &str) -> Amount {
+    Amount {
+        value: format_amount(v),
+        currency: currency.to_owned(),
+    }
 }
 
-#[derive(Deserialize)]
+/// A positive decimal amount and its ISO 4217 currency.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AmountIn {
+    /// A positive decimal string: up to 14 integer digits, up to 4 decimals.
+    #[schema(pattern = r"^[0-9]{1,14}(\.[0-9]{1,4})?$", example = "3000")]
     value: String,
+    #[schema(pattern = "^[A-Z]{3}$", example = "JPY")]
     currency: String,
 }
 
@@ -169,45 +177,83 @@ fn parse_money(a: &AmountIn, what: &str) -> Result<(i64, String), ApiError> {
     Ok((v, a.currency.clone()))
 }
 
-#[derive(Deserialize, Default)]
+/// Who may redeem the voucher.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UserRestriction {
+    /// The merchant must give the customer's number, and it must be the voucher's.
     #[serde(default)]
     msisdn_required: bool,
+    /// At most 150.
     #[serde(default)]
+    #[schema(maximum = 150)]
     min_age: Option<u32>,
+    /// ISO 3166 alpha-2 codes; 1 to 250 of them.
     #[serde(default)]
+    #[schema(min_items = 1, max_items = 250)]
     countries: Option<Vec<String>>,
 }
 
-#[derive(Deserialize)]
+/// Where the voucher's value comes from.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Funding {
+    /// `credit_company`, `bank`, `carrier_bill` or `store`.
+    #[schema(example = "credit_company")]
     source: String,
+    /// 1 to 64 letters, digits, '-', '_', '.' or ':'.
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,64}$", example = "card-co")]
     institution: String,
+    /// 1 to 128 characters without control characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     reference: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// A voucher to issue; pinpost mints its PIN.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct IssueRequest {
+    /// The subscriber's number: E.164, or national with `[registry] default_region`.
+    #[schema(example = "+819012345678")]
     msisdn: String,
     amount: AmountIn,
+    /// A merchant id (1 to 64 letters, digits, '-', '_', '.', ':') or `*` for any.
+    #[schema(example = "shop-1")]
     payee: String,
     #[serde(default)]
     user_restriction: Option<UserRestriction>,
+    /// Free-form attributes, at most 4096 bytes as JSON.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     attributes: Option<serde_json::Map<String, serde_json::Value>>,
     funding: Funding,
+    /// RFC 3339; give this or `ttl`, not both.
     #[serde(default)]
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
+    /// A duration such as `24h`; give this or `expires_at`, not both.
     #[serde(default)]
+    #[schema(example = "24h")]
     ttl: Option<String>,
+    /// Whether the voucher may be redeemed in parts.
     #[serde(default)]
     allow_partial: bool,
+    /// Where state changes are posted (http or https); the token needs a callback secret.
     #[serde(default)]
+    #[schema(format = "uri", max_length = 2048)]
     callback_url: Option<String>,
+}
+
+/// A voucher issued (or the replay of an earlier issuance).
+#[derive(Serialize, ToSchema)]
+struct VoucherIssued {
+    id: String,
+    /// `issued` when created; the voucher's current state on a replay.
+    state: String,
+    delivery_id: String,
+    #[schema(format = DateTime)]
+    expires_at: String,
 }
 
 const ISSUE_FIELDS: &str = "msisdn, amount {value, currency}, payee, user_restriction \
@@ -241,6 +287,31 @@ pub(crate) fn callback_target(
     }
 }
 
+/// Issue a voucher (billing): mint its PIN and deliver it to the subscriber's devices.
+///
+/// The answer never carries the PIN.
+#[utoipa::path(
+    post,
+    path = "/v1/vouchers",
+    tag = "vouchers",
+    params(
+        ("Idempotency-Key" = String, Header, description = "1 to 255 visible ASCII characters; a retry with the same key and body is answered as before", pattern = "^[!-~]{1,255}$"),
+    ),
+    request_body(content = IssueRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The replay of an earlier issuance with the same key and body", body = VoucherIssued),
+        (status = 201, description = "Issued; its delivery is queued", body = VoucherIssued),
+        (status = 400, description = "`invalid_json`, `idempotency_key_required` or `invalid_idempotency_key`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden` (a merchant token) or `destination_blocked` by the fraud and cost caps", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not application/json", body = ErrorBody),
+        (status = 422, description = "`invalid_request` or `idempotency_conflict`", body = ErrorBody),
+        (status = 429, description = "`cap_exceeded`: a send cap is reached; nothing was sent", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "`unavailable` (storage) or `pin_space_exhausted`", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+    security(("bearer" = []))
+)]
 async fn issue(
     AxState(state): AxState<Arc<ApiState>>,
     headers: HeaderMap,
@@ -448,12 +519,12 @@ async fn issue(
                 state.metrics.vouchers_issued.inc();
                 return Ok((
                     StatusCode::CREATED,
-                    axum::Json(json!({
-                        "id": id,
-                        "state": "issued",
-                        "delivery_id": delivery_id,
-                        "expires_at": rfc3339(expires_at),
-                    })),
+                    axum::Json(VoucherIssued {
+                        id,
+                        state: "issued".to_owned(),
+                        delivery_id,
+                        expires_at: rfc3339(expires_at),
+                    }),
                 )
                     .into_response());
             }
@@ -462,12 +533,12 @@ async fn issue(
                     r.release();
                 }
                 let v = read_voucher(&state, &id).await?;
-                return Ok(axum::Json(json!({
-                    "id": v.id,
-                    "state": v.state,
-                    "delivery_id": v.delivery_id,
-                    "expires_at": rfc3339(v.expires_at),
-                }))
+                return Ok(axum::Json(VoucherIssued {
+                    id: v.id,
+                    state: v.state,
+                    delivery_id: v.delivery_id,
+                    expires_at: rfc3339(v.expires_at),
+                })
                 .into_response());
             }
             IssueOutcome::Conflict => {
@@ -508,8 +579,48 @@ async fn read_voucher(state: &ApiState, id: &str) -> Result<vouchers::VoucherVie
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such voucher"))
 }
 
-fn voucher_json(v: &vouchers::VoucherView) -> serde_json::Value {
-    let countries: Option<serde_json::Value> = v
+/// A voucher as `GET /v1/vouchers/{id}` shows it. Never the PIN.
+#[derive(Serialize, ToSchema)]
+struct VoucherOut {
+    id: String,
+    /// `issued`, `delivered`, `partially_redeemed`, `redeemed`, `expired` or `revoked`.
+    state: String,
+    msisdn: String,
+    amount: Amount,
+    remaining: Amount,
+    allow_partial: bool,
+    payee: String,
+    user_restriction: UserRestrictionOut,
+    #[schema(value_type = Option<Object>)]
+    attributes: Option<serde_json::Value>,
+    funding: FundingOut,
+    #[schema(format = DateTime)]
+    expires_at: String,
+    delivery_id: String,
+    /// The state of the PIN's delivery.
+    delivery_state: Option<crate::store::State>,
+    #[schema(format = DateTime)]
+    created_at: String,
+    #[schema(format = DateTime)]
+    updated_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+struct UserRestrictionOut {
+    msisdn_required: bool,
+    min_age: Option<u32>,
+    countries: Option<Vec<String>>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct FundingOut {
+    source: String,
+    institution: String,
+    reference: Option<String>,
+}
+
+fn voucher_json(v: &vouchers::VoucherView) -> VoucherOut {
+    let countries: Option<Vec<String>> = v
         .countries
         .as_deref()
         .and_then(|c| serde_json::from_str(c).ok());
@@ -517,37 +628,55 @@ fn voucher_json(v: &vouchers::VoucherView) -> serde_json::Value {
         .attributes
         .as_deref()
         .and_then(|c| serde_json::from_str(c).ok());
-    json!({
-        "id": v.id,
-        "state": v.state,
-        "msisdn": v.msisdn,
-        "amount": amount_json(v.amount, &v.currency),
-        "remaining": amount_json(v.remaining, &v.currency),
-        "allow_partial": v.allow_partial,
-        "payee": v.payee,
-        "user_restriction": {
-            "msisdn_required": v.msisdn_required,
-            "min_age": v.min_age,
-            "countries": countries,
+    VoucherOut {
+        id: v.id.clone(),
+        state: v.state.clone(),
+        msisdn: v.msisdn.clone(),
+        amount: amount_json(v.amount, &v.currency),
+        remaining: amount_json(v.remaining, &v.currency),
+        allow_partial: v.allow_partial,
+        payee: v.payee.clone(),
+        user_restriction: UserRestrictionOut {
+            msisdn_required: v.msisdn_required,
+            min_age: v.min_age,
+            countries,
         },
-        "attributes": attributes,
-        "funding": {
-            "source": v.funding_source,
-            "institution": v.institution,
-            "reference": v.funding_reference,
+        attributes,
+        funding: FundingOut {
+            source: v.funding_source.clone(),
+            institution: v.institution.clone(),
+            reference: v.funding_reference.clone(),
         },
-        "expires_at": rfc3339(v.expires_at),
-        "delivery_id": v.delivery_id,
-        "delivery_state": v.delivery_state,
-        "created_at": rfc3339(v.created_at),
-        "updated_at": rfc3339(v.updated_at),
-    })
+        expires_at: rfc3339(v.expires_at),
+        delivery_id: v.delivery_id.clone(),
+        delivery_state: v
+            .delivery_state
+            .as_deref()
+            .and_then(crate::store::State::parse),
+        created_at: rfc3339(v.created_at),
+        updated_at: rfc3339(v.updated_at),
+    }
 }
 
+/// A voucher (billing: its own; admin: any). Never the PIN.
+#[utoipa::path(
+    get,
+    path = "/v1/vouchers/{id}",
+    tag = "vouchers",
+    params(("id" = String, Path, description = "The voucher id")),
+    responses(
+        (status = 200, description = "The voucher", body = VoucherOut),
+        (status = 400, description = "`invalid_path`: a path segment is not valid percent-encoded UTF-8", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such voucher (or another client's; merchants see none)", body = ErrorBody),
+        (status = 503, description = "`unavailable`: storage is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+    security(("bearer" = []))
+)]
 async fn get_voucher(
     AxState(state): AxState<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
     let client = voucher_client(&state, &headers, &id)?;
     let v = read_voucher(&state, &id).await?;
@@ -570,10 +699,26 @@ fn voucher_client(state: &ApiState, headers: &HeaderMap, id: &str) -> Result<Cli
     Ok(client)
 }
 
+/// Revoke a live voucher; a delivery not yet sent is cancelled.
+#[utoipa::path(
+    post,
+    path = "/v1/vouchers/{id}/revoke",
+    tag = "vouchers",
+    params(("id" = String, Path, description = "The voucher id")),
+    responses(
+        (status = 200, description = "Revoked", body = Revoked),
+        (status = 400, description = "`invalid_path`: a path segment is not valid percent-encoded UTF-8", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such voucher (or another client's; merchants see none)", body = ErrorBody),
+        (status = 409, description = "`not_revocable`: the voucher has ended", body = ErrorBody),
+        (status = 503, description = "`unavailable`: storage is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+    security(("bearer" = []))
+)]
 async fn revoke(
     AxState(state): AxState<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
     let client = voucher_client(&state, &headers, &id)?;
     let not_found = voucher_not_found;
@@ -586,11 +731,11 @@ async fn revoke(
         .await
         .map_err(ApiError::unavailable)?;
     match out {
-        RevokeOutcome::Revoked { delivery_cancelled } => Ok(axum::Json(json!({
-            "id": id,
-            "state": "revoked",
-            "delivery_cancelled": delivery_cancelled,
-        }))
+        RevokeOutcome::Revoked { delivery_cancelled } => Ok(axum::Json(Revoked {
+            id,
+            state: "revoked",
+            delivery_cancelled,
+        })
         .into_response()),
         RevokeOutcome::NotFound => Err(not_found()),
         RevokeOutcome::Conflict(s) => Err(ApiError::new(
@@ -601,25 +746,55 @@ async fn revoke(
     }
 }
 
-#[derive(Deserialize, Default)]
+/// A voucher revoked.
+#[derive(Serialize, ToSchema)]
+struct Revoked {
+    id: String,
+    /// Always `revoked`.
+    state: &'static str,
+    /// Whether the PIN's delivery was cancelled before it was sent.
+    delivery_cancelled: bool,
+}
+
+/// What the merchant knows of its customer, checked against the voucher's restriction.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Customer {
     #[serde(default)]
     age: Option<u32>,
+    /// ISO 3166 alpha-2.
     #[serde(default)]
+    #[schema(pattern = "^[A-Z]{2}$", example = "JP")]
     country: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// A redemption: the PIN the customer gave and the amount to capture.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RedeemIn {
+    /// The PIN's digits (8 to 32).
+    #[schema(value_type = String, pattern = "^[0-9]{8,32}$", example = "4921773055614410")]
     pin: SecretString,
     amount: AmountIn,
+    /// The merchant's order reference: 1 to 128 characters without control characters.
+    /// The same reference again answers the first capture.
+    #[schema(min_length = 1, max_length = 128, example = "A-1")]
     order_ref: String,
+    /// The customer's number, when the voucher requires it.
     #[serde(default)]
     customer_msisdn: Option<String>,
     #[serde(default)]
     customer: Option<Customer>,
+}
+
+/// A capture.
+#[derive(Serialize, ToSchema)]
+struct Redemption {
+    redemption_id: String,
+    voucher_id: String,
+    captured: Amount,
+    /// What is left on the voucher.
+    remaining: Amount,
 }
 
 const REDEEM_FIELDS: &str =
@@ -676,6 +851,27 @@ fn count_guess(state: &ApiState, client: &Client, now: i64) {
     }
 }
 
+/// Redeem a PIN (merchant): check it and capture in one step.
+#[utoipa::path(
+    post,
+    path = "/v1/redemptions",
+    tag = "redemptions",
+    request_body(content = RedeemIn, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The same `order_ref` again: the first capture", body = Redemption),
+        (status = 201, description = "Captured", body = Redemption),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 402, description = "Declined, with the reason as `code`: `pin_not_valid` (unknown, mistyped, or another merchant's), `voucher_expired`, `voucher_revoked`, `voucher_redeemed`, `currency_mismatch`, `insufficient_balance`, `amount_must_equal_value`, `customer_msisdn_mismatch`, `customer_age_restricted`, `customer_country_restricted`, `order_ref_reused`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: this needs a merchant token", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not application/json", body = ErrorBody),
+        (status = 422, description = "`invalid_request`", body = ErrorBody),
+        (status = 429, description = "`locked_out`: too many failed redemptions", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "`unavailable`: storage is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+    security(("bearer" = []))
+)]
 async fn redeem(
     AxState(state): AxState<Arc<ApiState>>,
     headers: HeaderMap,
@@ -765,20 +961,49 @@ async fn redeem(
     };
     Ok((
         status,
-        axum::Json(json!({
-            "redemption_id": cap.redemption_id,
-            "voucher_id": cap.voucher_id,
-            "captured": amount_json(cap.captured, &cap.currency),
-            "remaining": amount_json(cap.remaining, &cap.currency),
-        })),
+        axum::Json(Redemption {
+            redemption_id: cap.redemption_id,
+            voucher_id: cap.voucher_id,
+            captured: amount_json(cap.captured, &cap.currency),
+            remaining: amount_json(cap.remaining, &cap.currency),
+        }),
     )
         .into_response())
 }
 
+/// A redemption reversed: its value is back on the voucher.
+#[derive(Serialize, ToSchema)]
+struct Reversal {
+    redemption_id: String,
+    /// Always `reversed`.
+    state: &'static str,
+    voucher_id: String,
+    voucher_state: String,
+    restored: Amount,
+    remaining: Amount,
+}
+
+/// Reverse a redemption (merchant), within the reversal window and before settlement.
+#[utoipa::path(
+    post,
+    path = "/v1/redemptions/{id}/reverse",
+    tag = "redemptions",
+    params(("id" = String, Path, description = "The redemption id")),
+    responses(
+        (status = 200, description = "Reversed", body = Reversal),
+        (status = 400, description = "`invalid_path`: a path segment is not valid percent-encoded UTF-8", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: this needs a merchant token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such redemption (or another merchant's)", body = ErrorBody),
+        (status = 409, description = "`already_reversed`, `already_settled` or `reversal_window_closed`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: storage is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+    security(("bearer" = []))
+)]
 async fn reverse(
     AxState(state): AxState<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
     let (_, merchant_id) = merchant(&state, &headers)?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such redemption");
@@ -803,14 +1028,14 @@ async fn reverse(
             voucher_state,
         } => {
             state.metrics.redemptions_reversed.inc();
-            Ok(axum::Json(json!({
-                "redemption_id": id,
-                "state": "reversed",
-                "voucher_id": voucher_id,
-                "voucher_state": voucher_state,
-                "restored": amount_json(restored, &currency),
-                "remaining": amount_json(remaining, &currency),
-            }))
+            Ok(axum::Json(Reversal {
+                redemption_id: id,
+                state: "reversed",
+                voucher_id,
+                voucher_state,
+                restored: amount_json(restored, &currency),
+                remaining: amount_json(remaining, &currency),
+            })
             .into_response())
         }
         ReverseOutcome::NotFound => Err(not_found()),
@@ -834,10 +1059,42 @@ fn parse_date(s: &str) -> Result<time::Date, ApiError> {
     time::Date::parse(s, &fmt).map_err(|_| ApiError::invalid("the date must be YYYY-MM-DD (UTC)"))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SettlementQuery {
+    /// `json` or `csv`; without it, `Accept: text/csv` asks for CSV.
     #[serde(default)]
+    #[param(pattern = "^(json|csv)$")]
     format: Option<String>,
+}
+
+/// The settlement of a UTC day.
+#[derive(Serialize, ToSchema)]
+struct SettlementOut {
+    /// YYYY-MM-DD (UTC).
+    date: String,
+    /// Redemptions settled.
+    redemptions: i64,
+    #[schema(format = DateTime)]
+    created_at: String,
+    /// What each merchant is paid.
+    payouts: Vec<Payout>,
+    /// What each funding institution is claimed.
+    claims: Vec<Claim>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Payout {
+    merchant: String,
+    amount: Amount,
+    redemptions: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Claim {
+    institution: String,
+    amount: Amount,
+    redemptions: i64,
 }
 
 fn settlement_response(s: &ledger::Settlement, status: StatusCode, csv: bool) -> Response {
@@ -849,33 +1106,38 @@ fn settlement_response(s: &ledger::Settlement, status: StatusCode, csv: bool) ->
         )
             .into_response();
     }
-    let lines = |kind: &str| {
-        s.lines
-            .iter()
-            .filter(|l| l.party_kind == kind)
-            .map(|l| {
-                json!({
-                    kind: l.party,
-                    "amount": amount_json(l.amount, &l.currency),
-                    "redemptions": l.count,
-                })
-            })
-            .collect::<Vec<_>>()
-    };
+    let lines = |kind: &'static str| s.lines.iter().filter(move |l| l.party_kind == kind);
     (
         status,
-        axum::Json(json!({
-            "date": s.date,
-            "redemptions": s.redemptions,
-            "created_at": rfc3339(s.created_at),
-            "payouts": lines("merchant"),
-            "claims": lines("institution"),
-        })),
+        axum::Json(SettlementOut {
+            date: s.date.clone(),
+            redemptions: s.redemptions,
+            created_at: rfc3339(s.created_at),
+            payouts: lines("merchant")
+                .map(|l| Payout {
+                    merchant: l.party.clone(),
+                    amount: amount_json(l.amount, &l.currency),
+                    redemptions: l.count,
+                })
+                .collect(),
+            claims: lines("institution")
+                .map(|l| Claim {
+                    institution: l.party.clone(),
+                    amount: amount_json(l.amount, &l.currency),
+                    redemptions: l.count,
+                })
+                .collect(),
+        }),
     )
         .into_response()
 }
 
-fn wants_csv(headers: &HeaderMap, q: &SettlementQuery) -> Result<bool, ApiError> {
+fn wants_csv(
+    headers: &HeaderMap,
+    q: Result<Query<SettlementQuery>, QueryRejection>,
+) -> Result<bool, ApiError> {
+    // A query string serde cannot read (a repeated `format`) is a bad format too.
+    let Query(q) = q.map_err(|_| ApiError::invalid("format must be json or csv, given once"))?;
     match q.format.as_deref() {
         Some("csv") => Ok(true),
         Some("json") => Ok(false),
@@ -887,15 +1149,32 @@ fn wants_csv(headers: &HeaderMap, q: &SettlementQuery) -> Result<bool, ApiError>
     }
 }
 
+/// The settlement report of a UTC day (admin): payouts per merchant, claims per institution.
+#[utoipa::path(
+    get,
+    path = "/v1/settlements/{date}",
+    tag = "settlements",
+    params(("date" = String, Path, description = "A UTC day, YYYY-MM-DD", example = "2026-11-24"), SettlementQuery),
+    responses(
+        (status = 200, description = "The report, as JSON or CSV", content((SettlementOut = "application/json"), (String = "text/csv"))),
+        (status = 400, description = "`invalid_path`: a path segment is not valid percent-encoded UTF-8", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: this needs an admin token", body = ErrorBody),
+        (status = 404, description = "`not_settled`: the day has not been settled", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: a bad date or format", body = ErrorBody),
+        (status = 503, description = "`unavailable`: storage is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+    security(("bearer" = []))
+)]
 async fn get_settlement(
     AxState(state): AxState<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(date): Path<String>,
-    Query(q): Query<SettlementQuery>,
+    PathParam(date): PathParam<String>,
+    q: Result<Query<SettlementQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     require_admin(&authenticate(&state, &headers)?)?;
     let date = parse_date(&date)?;
-    let csv = wants_csv(&headers, &q)?;
+    let csv = wants_csv(&headers, q)?;
     let s = state
         .store
         .read(move |c| ledger::read_settlement(c, date))
@@ -911,15 +1190,36 @@ async fn get_settlement(
     Ok(settlement_response(&s, StatusCode::OK, csv))
 }
 
+/// Settle a UTC day (admin), as `pinpost settle --date` does.
+///
+/// A redemption is settled once; a second run settles only what was captured since.
+#[utoipa::path(
+    post,
+    path = "/v1/settlements/{date}",
+    tag = "settlements",
+    params(("date" = String, Path, description = "A UTC day, YYYY-MM-DD", example = "2026-11-24"), SettlementQuery),
+    responses(
+        (status = 200, description = "The day was settled before: that report", content((SettlementOut = "application/json"), (String = "text/csv"))),
+        (status = 201, description = "Settled now: the report", content((SettlementOut = "application/json"), (String = "text/csv"))),
+        (status = 400, description = "`invalid_path`: a path segment is not valid percent-encoded UTF-8", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid bearer token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: this needs an admin token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no date in the path", body = ErrorBody),
+        (status = 409, description = "`day_not_begun`: the day has not begun yet (UTC)", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: a bad date or format", body = ErrorBody),
+        (status = 503, description = "`unavailable`: storage is unavailable", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+    security(("bearer" = []))
+)]
 async fn run_settlement(
     AxState(state): AxState<Arc<ApiState>>,
     headers: HeaderMap,
-    Path(date): Path<String>,
-    Query(q): Query<SettlementQuery>,
+    PathParam(date): PathParam<String>,
+    q: Result<Query<SettlementQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     require_admin(&authenticate(&state, &headers)?)?;
     let date = parse_date(&date)?;
-    let csv = wants_csv(&headers, &q)?;
+    let csv = wants_csv(&headers, q)?;
     let now = now_ms();
     match state
         .store

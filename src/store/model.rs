@@ -4,7 +4,10 @@ use pinpost_channel_core::ReceiptStatus;
 
 /// `queued -> sending -> submitted -> delivered`, with `retry_wait`, `in_doubt`, `failed`,
 /// `expired` and `cancelled`. Stored as text under a CHECK constraint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[schema(as = DeliveryState)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Queued,

@@ -11,6 +11,7 @@ mod fax;
 mod harness;
 mod metrics;
 mod multinode;
+mod openapi;
 mod push;
 mod registry;
 mod systemd;

@@ -13,6 +13,7 @@
 //! root.
 
 mod daemon;
+mod nodes;
 mod smsc;
 mod vouchers;
 
@@ -33,6 +34,8 @@ enum Command {
     Daemon(daemon::DaemonArgs),
     /// Vouchers issued/s, redemptions/s and redemption p50/p99, API to SMSC and back.
     Vouchers(vouchers::VouchersArgs),
+    /// Deliveries/s with 1, 2 and 3 nodes on PostgreSQL next to one node on SQLite.
+    Nodes(nodes::NodesArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +43,6 @@ fn main() -> anyhow::Result<()> {
         Command::Smsc(args) => smsc::run(args),
         Command::Daemon(args) => daemon::run(args),
         Command::Vouchers(args) => vouchers::run(args),
+        Command::Nodes(args) => nodes::run(args),
     }
 }

@@ -213,6 +213,8 @@ impl Store {
         let wake = Arc::new(Wakers::default());
         let q = Arc::new(pg::PgQueue::open(settings, wake).await?);
         q.spawn_listener(stop.clone());
+        q.spawn_batcher();
+        q.spawn_announcer();
         if heartbeat {
             q.spawn_heartbeat(stop);
         }
@@ -328,7 +330,7 @@ impl Store {
     pub async fn finish(&self, f: Finish) -> Result<(), StoreError> {
         let s = match &*self.inner {
             Inner::Sqlite(s) => s,
-            Inner::Postgres(q) => return q.finish(&f).await,
+            Inner::Postgres(q) => return q.finish_batched(f).await,
         };
         s.tx.send(Op::Finish(Box::new(f)))
             .await

@@ -66,12 +66,40 @@ pub(super) struct PgQueue {
     /// How long a rescued delivery waits in doubt (set by `recover` at start).
     in_doubt_after_ms: AtomicI64,
     wake: Arc<Wakers>,
-    /// Receipts being applied in the background.
-    receipts: Arc<tokio::sync::Semaphore>,
+    /// Send outcomes, receipts and flushes for the batch writer.
+    batch: tokio::sync::mpsc::Sender<Batched>,
+    batch_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Batched>>>,
+    /// Batch writers at work (each holds a permit while it applies a batch).
+    writers: Arc<tokio::sync::Semaphore>,
+    announce: tokio::sync::mpsc::UnboundedSender<String>,
+    announce_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
-const RECEIPTS_IN_FLIGHT: u32 = 64;
+/// Most operations one batch transaction holds.
+const MAX_BATCH: usize = 512;
+/// Batch transactions in flight at once: each statement is a round trip, so one writer
+/// would spend most of its time waiting on the network.
+const WRITERS: usize = 4;
+
+/// What the batch writer applies: many in one transaction, one commit.
+enum Batched {
+    Finish(
+        Box<Finish>,
+        tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    ),
+    Receipt(Box<ReceiptIn>, Option<tokio::sync::oneshot::Sender<()>>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// What one batched operation did.
+enum Done {
+    /// A send outcome; true when the lease had already gone to another node.
+    Finish(bool),
+    /// A receipt; when it ended an attempt, when that attempt was sent.
+    Receipt(Option<i64>),
+    Flush,
+}
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -157,6 +185,8 @@ impl PgQueue {
             .max_size(s.pool_size)
             .build()
             .map_err(|e| StoreError::Pg(e.to_string()))?;
+        let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(16 * 1024);
+        let (announce_tx, announce_rx) = tokio::sync::mpsc::unbounded_channel();
         let q = PgQueue {
             pool,
             config,
@@ -164,7 +194,11 @@ impl PgQueue {
             lease_ms: s.lease_ms,
             in_doubt_after_ms: AtomicI64::new(60_000),
             wake,
-            receipts: Arc::new(tokio::sync::Semaphore::new(RECEIPTS_IN_FLIGHT as usize)),
+            batch: batch_tx,
+            batch_rx: std::sync::Mutex::new(Some(batch_rx)),
+            writers: Arc::new(tokio::sync::Semaphore::new(WRITERS)),
+            announce: announce_tx,
+            announce_rx: std::sync::Mutex::new(Some(announce_rx)),
             metrics: std::sync::OnceLock::new(),
         };
         q.migrate().await?;
@@ -179,45 +213,169 @@ impl PgQueue {
         self.wake.clone()
     }
 
-    /// Every operation has committed before it answered; receipts in flight are waited for.
+    /// Wait until every send outcome and receipt handed over before this call is committed.
     pub(super) async fn flush(&self) -> Result<(), StoreError> {
-        let _all = self
-            .receipts
-            .acquire_many(RECEIPTS_IN_FLIGHT)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.batch
+            .send(Batched::Flush(tx))
             .await
             .map_err(|_| StoreError::Closed)?;
-        Ok(())
+        rx.await.map_err(|_| StoreError::Closed)
     }
 
-    /// Apply a receipt in the background (a bounded number at once); `stored` fires once
-    /// it is committed.
+    /// Record a send outcome; answers after the commit of the batch that holds it.
+    pub(super) async fn finish_batched(&self, f: Finish) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.batch
+            .send(Batched::Finish(Box::new(f), tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Apply a receipt in the next batch; `stored` fires once it is committed.
     pub(super) async fn receipt_acked(
-        self: &Arc<Self>,
+        &self,
         r: ReceiptIn,
         stored: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Result<(), StoreError> {
-        let permit = self
-            .receipts
-            .clone()
-            .acquire_owned()
+        self.batch
+            .send(Batched::Receipt(Box::new(r), stored))
             .await
-            .map_err(|_| StoreError::Closed)?;
-        let q = self.clone();
-        tokio::spawn(async move {
-            match q.receipt(&r).await {
-                Ok(()) => {
-                    if let Some(tx) = stored {
-                        let _ = tx.send(());
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Start the batch writer: send outcomes and receipts waiting at the same time share
+    /// one transaction and one commit (group commit, as on SQLite).
+    pub(super) fn spawn_batcher(self: &Arc<Self>) {
+        let Some(rx) = self.batch_rx.lock().expect("batch receiver").take() else {
+            return;
+        };
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..WRITERS {
+            let (q, rx) = (self.clone(), rx.clone());
+            tokio::spawn(async move {
+                let mut batch = Vec::with_capacity(MAX_BATCH);
+                loop {
+                    let permit = {
+                        let mut rx = rx.lock().await;
+                        let Some(first) = rx.recv().await else { return };
+                        batch.push(first);
+                        while batch.len() < MAX_BATCH {
+                            match rx.try_recv() {
+                                Ok(op) => batch.push(op),
+                                Err(_) => break,
+                            }
+                        }
+                        // Taken before the next batch can be: a flush waits for this one.
+                        let Ok(permit) = q.writers.clone().acquire_owned().await else {
+                            return;
+                        };
+                        permit
+                    };
+                    let flushes = q.apply_batch(&mut batch).await;
+                    drop(permit);
+                    if !flushes.is_empty() {
+                        // A flush answers once every batch taken before it has committed.
+                        let all = q.writers.acquire_many(WRITERS as u32).await;
+                        for f in flushes {
+                            let _ = f.send(());
+                        }
+                        drop(all);
                     }
                 }
-                // Not acknowledged: the peer sends it again.
-                Err(e) => {
-                    tracing::error!(channel = %r.channel, error = %e, "cannot apply a receipt")
+            });
+        }
+    }
+
+    /// Apply a batch; returns its flush markers, answered by the caller.
+    async fn apply_batch(&self, batch: &mut Vec<Batched>) -> Vec<tokio::sync::oneshot::Sender<()>> {
+        let mut flushes = Vec::new();
+        // Every reference lock the batch needs, taken first and in one order.
+        let mut locks: Vec<i64> = batch.iter().flat_map(op_locks).collect();
+        locks.sort_unstable();
+        locks.dedup();
+        let ops: &Vec<Batched> = batch;
+        let groups = independent_groups(ops);
+        let node = self.node.as_str();
+        let applied: Result<Vec<Done>, StoreError> = async {
+            in_tx!(self, |tx| {
+                lock_all(tx, &locks).await?;
+                // Operations on different references run pipelined on the connection; those
+                // sharing a reference run in their order.
+                let runs = groups.iter().map(|idxs| async move {
+                    let mut out = Vec::with_capacity(idxs.len());
+                    for &i in idxs {
+                        out.push((i, apply_one(tx, &ops[i], node).await?));
+                    }
+                    Ok::<_, tokio_postgres::Error>(out)
+                });
+                let mut done: Vec<(usize, Done)> = futures::future::try_join_all(runs)
+                    .await?
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                done.sort_by_key(|(i, _)| *i);
+                Ok(done.into_iter().map(|(_, d)| d).collect::<Vec<_>>())
+            })
+        }
+        .await;
+        match applied {
+            Ok(done) => {
+                for (op, d) in batch.drain(..).zip(done) {
+                    match (op, d) {
+                        (Batched::Finish(f, reply), Done::Finish(late)) => {
+                            if late {
+                                warn_late(&f);
+                            }
+                            let _ = reply.send(Ok(()));
+                        }
+                        (Batched::Receipt(r, stored), Done::Receipt(sent_at)) => {
+                            self.observe_receipt(&r, sent_at);
+                            if let Some(tx) = stored {
+                                let _ = tx.send(());
+                            }
+                        }
+                        (Batched::Flush(reply), _) => flushes.push(reply),
+                        _ => {}
+                    }
                 }
             }
-            drop(permit);
-        });
-        Ok(())
+            Err(e) => {
+                // One operation spoiled the batch: apply each in its own transaction.
+                tracing::warn!(error = %e, ops = batch.len(), "a batch failed; applying its operations one by one");
+                for op in batch.drain(..) {
+                    match op {
+                        Batched::Finish(f, reply) => {
+                            let r = self.finish(&f).await;
+                            if let Err(e) = &r {
+                                tracing::error!(delivery_id = %f.id, error = %e, "cannot record a send outcome");
+                            }
+                            let _ = reply.send(r);
+                        }
+                        Batched::Receipt(r, stored) => match self.receipt(&r).await {
+                            Ok(()) => {
+                                if let Some(tx) = stored {
+                                    let _ = tx.send(());
+                                }
+                            }
+                            // Not acknowledged: the peer sends it again.
+                            Err(e) => {
+                                tracing::error!(channel = %r.channel, error = %e, "cannot apply a receipt")
+                            }
+                        },
+                        Batched::Flush(reply) => flushes.push(reply),
+                    }
+                }
+            }
+        }
+        flushes
+    }
+
+    fn observe_receipt(&self, r: &ReceiptIn, sent_at: Option<i64>) {
+        if let (Some(m), Some(sent_at)) = (self.metrics.get(), sent_at) {
+            crate::metrics::Metrics::observe_ms(&m.submit_to_receipt, &r.channel, r.at - sent_at);
+        }
     }
 
     pub(super) async fn idempotent_delivery(
@@ -391,45 +549,24 @@ impl PgQueue {
     }
 
     pub(super) async fn enqueue(&self, n: &NewDelivery) -> Result<EnqueueOutcome, StoreError> {
-        let out = in_tx!(self, |tx| {
-            let inserted = tx
-                .execute(
-                    "INSERT INTO idempotency (client, key, fingerprint, delivery_id, created_at)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (client, key) DO NOTHING",
-                    &[
-                        &n.client,
-                        &n.idempotency_key,
-                        &n.fingerprint.as_slice(),
-                        &n.id,
-                        &n.now,
-                    ],
-                )
-                .await?;
-            if inserted == 0 {
-                let row = tx
-                    .query_one(
-                        "SELECT fingerprint, delivery_id FROM idempotency
-                         WHERE client = $1 AND key = $2",
-                        &[&n.client, &n.idempotency_key],
-                    )
-                    .await?;
-                let fp: Vec<u8> = row.get(0);
-                let id: String = row.get(1);
-                return Ok(if fp.as_slice() == n.fingerprint.as_slice() {
-                    EnqueueOutcome::Replay { id }
-                } else {
-                    EnqueueOutcome::Conflict
-                });
-            }
-            let st = tx
-                .prepare_cached(
-                    "INSERT INTO deliveries (id, msisdn, channel, state, pin_ct, amount_value,
-                        amount_currency, payee, expires_at, attempts, next_attempt_at, created_at,
-                        updated_at, client, callback_url)
-                     VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, 0, $9, $9, $9, $10, $11)",
-                )
-                .await?;
-            tx.execute(
+        // One statement, so one round trip and its own transaction: the delivery is stored
+        // only when its idempotency record was new.
+        let c = self.pool.get().await?;
+        let st = c
+            .prepare_cached(
+                "WITH idem AS (
+                    INSERT INTO idempotency (client, key, fingerprint, delivery_id, created_at)
+                    VALUES ($10, $12, $13, $1, $9) ON CONFLICT (client, key) DO NOTHING
+                    RETURNING delivery_id)
+                 INSERT INTO deliveries (id, msisdn, channel, state, pin_ct, amount_value,
+                    amount_currency, payee, expires_at, attempts, next_attempt_at, created_at,
+                    updated_at, client, callback_url)
+                 SELECT $1, $2, $3, 'queued', $4, $5, $6, $7, $8, 0, $9, $9, $9, $10, $11
+                 FROM idem",
+            )
+            .await?;
+        let inserted = c
+            .execute(
                 &st,
                 &[
                     &n.id,
@@ -443,17 +580,68 @@ impl PgQueue {
                     &n.now,
                     &n.client,
                     &n.callback_url,
+                    &n.idempotency_key,
+                    &n.fingerprint.as_slice(),
                 ],
             )
             .await?;
-            tx.execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &n.channel])
+        if inserted == 0 {
+            let row = c
+                .query_one(
+                    "SELECT fingerprint, delivery_id FROM idempotency
+                     WHERE client = $1 AND key = $2",
+                    &[&n.client, &n.idempotency_key],
+                )
                 .await?;
-            Ok(EnqueueOutcome::Created { id: n.id.clone() })
-        })?;
-        if matches!(out, EnqueueOutcome::Created { .. }) {
-            self.wake.poke(&n.channel);
+            let fp: Vec<u8> = row.get(0);
+            let id: String = row.get(1);
+            return Ok(if fp.as_slice() == n.fingerprint.as_slice() {
+                EnqueueOutcome::Replay { id }
+            } else {
+                EnqueueOutcome::Conflict
+            });
         }
-        Ok(out)
+        self.wake.poke(&n.channel);
+        self.announce(&n.channel);
+        Ok(EnqueueOutcome::Created { id: n.id.clone() })
+    }
+
+    /// Tell the other nodes that work is due on `channel`. Notifications are coalesced and
+    /// sent outside the enqueue's transaction: a NOTIFY in every commit would serialise
+    /// the commits of all nodes on the notification queue's lock.
+    fn announce(&self, channel: &str) {
+        let _ = self.announce.send(channel.to_owned());
+    }
+
+    pub(super) fn spawn_announcer(self: &Arc<Self>) {
+        let Some(mut rx) = self.announce_rx.lock().expect("announce receiver").take() else {
+            return;
+        };
+        let q = self.clone();
+        tokio::spawn(async move {
+            let mut pending = std::collections::BTreeSet::new();
+            while let Some(ch) = rx.recv().await {
+                pending.insert(ch);
+                while let Ok(ch) = rx.try_recv() {
+                    pending.insert(ch);
+                }
+                let Ok(c) = q.pool.get().await else {
+                    pending.clear();
+                    continue;
+                };
+                for ch in std::mem::take(&mut pending) {
+                    if let Err(e) = c
+                        .execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &ch])
+                        .await
+                    {
+                        tracing::debug!(error = %e, "cannot notify other nodes; they poll");
+                    }
+                }
+                drop(c);
+                // At most one round of notifications per 5 ms.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
     }
 
     pub(super) async fn claim(
@@ -464,7 +652,9 @@ impl PgQueue {
     ) -> Result<Vec<Claimed>, StoreError> {
         let limit = limit as i64;
         let until = now + self.lease_ms;
-        in_tx!(self, |tx| {
+        let c = self.pool.get().await?;
+        let tx = &c;
+        {
             let st = tx
                 .prepare_cached(
                     "UPDATE deliveries SET state = 'sending', updated_at = $3, lease_owner = $4,
@@ -481,31 +671,28 @@ impl PgQueue {
             let rows = tx
                 .query(&st, &[&channel, &limit, &now, &self.node, &until])
                 .await?;
-            Ok(rows
-                .iter()
-                .map(|r| Claimed {
-                    id: r.get(0),
-                    address: r.get(1),
-                    pin_ct: r.get(2),
-                    amount_value: r.get(3),
-                    amount_currency: r.get(4),
-                    payee: r.get(5),
-                    expires_at: r.get(6),
-                    attempts: r.get::<_, i64>(7) as u32,
-                    created_at: r.get(8),
-                })
-                .collect())
-        })
+            Ok::<_, StoreError>(
+                rows.iter()
+                    .map(|r| Claimed {
+                        id: r.get(0),
+                        address: r.get(1),
+                        pin_ct: r.get(2),
+                        amount_value: r.get(3),
+                        amount_currency: r.get(4),
+                        payee: r.get(5),
+                        expires_at: r.get(6),
+                        attempts: r.get::<_, i64>(7) as u32,
+                        created_at: r.get(8),
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        }
     }
 
     pub(super) async fn finish(&self, f: &Finish) -> Result<(), StoreError> {
         let late = in_tx!(self, |tx| { finish_in(tx, f, &self.node).await })?;
         if late {
-            tracing::warn!(
-                delivery_id = %f.id,
-                channel = %f.channel,
-                "a send finished after this node's lease on it ran out; the outcome is not recorded"
-            );
+            warn_late(f);
         }
         Ok(())
     }
@@ -515,15 +702,10 @@ impl PgQueue {
             return Ok(());
         }
         let sent_at = in_tx!(self, |tx| {
-            for id in ref_locks(&r.channel, [r.provider_ref.as_str()]) {
-                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&id])
-                    .await?;
-            }
+            lock_all(tx, &ref_locks(&r.channel, [r.provider_ref.as_str()])).await?;
             apply_receipt(tx, r).await
         })?;
-        if let (Some(m), Some(sent_at)) = (self.metrics.get(), sent_at) {
-            crate::metrics::Metrics::observe_ms(&m.submit_to_receipt, &r.channel, r.at - sent_at);
-        }
+        self.observe_receipt(r, sent_at);
         Ok(())
     }
 
@@ -800,6 +982,96 @@ impl PgQueue {
     }
 }
 
+/// Take transaction-scoped advisory locks on `ids` (sorted), in one round trip.
+async fn lock_all(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ids: &[i64],
+) -> Result<(), tokio_postgres::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "SELECT count(pg_advisory_xact_lock(id))
+         FROM (SELECT id FROM unnest($1::BIGINT[]) AS id ORDER BY id) AS ids",
+        &[&ids],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn apply_one(
+    tx: &deadpool_postgres::Transaction<'_>,
+    op: &Batched,
+    node: &str,
+) -> Result<Done, tokio_postgres::Error> {
+    Ok(match op {
+        Batched::Finish(f, _) => Done::Finish(finish_in(tx, f, node).await?),
+        Batched::Receipt(r, _) if r.status.is_final() => Done::Receipt(apply_receipt(tx, r).await?),
+        Batched::Receipt(..) => Done::Receipt(None),
+        Batched::Flush(_) => Done::Flush,
+    })
+}
+
+/// The reference locks one batched operation needs.
+fn op_locks(op: &Batched) -> Vec<i64> {
+    match op {
+        Batched::Finish(f, _) => match &f.result {
+            FinishResult::Submitted {
+                refs,
+                receipt_timeout_ms: Some(_),
+            } => ref_locks(&f.channel, refs.iter().map(String::as_str)),
+            _ => Vec::new(),
+        },
+        Batched::Receipt(r, _) if r.status.is_final() => {
+            ref_locks(&r.channel, [r.provider_ref.as_str()])
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Indices of `ops` in groups: operations sharing a reference lock share a group (in batch
+/// order); different groups touch different references.
+fn independent_groups(ops: &[Batched]) -> Vec<Vec<usize>> {
+    let mut parent: Vec<usize> = (0..ops.len()).collect();
+    fn root(p: &mut [usize], mut i: usize) -> usize {
+        while p[i] != i {
+            p[i] = p[p[i]];
+            i = p[i];
+        }
+        i
+    }
+    let mut owner: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        for id in op_locks(op) {
+            match owner.get(&id) {
+                Some(&j) => {
+                    let (a, b) = (root(&mut parent, i), root(&mut parent, j));
+                    if a != b {
+                        parent[a.max(b)] = a.min(b);
+                    }
+                }
+                None => {
+                    owner.insert(id, i);
+                }
+            }
+        }
+    }
+    let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for i in 0..ops.len() {
+        let r = root(&mut parent, i);
+        groups.entry(r).or_default().push(i);
+    }
+    groups.into_values().collect()
+}
+
+fn warn_late(f: &Finish) {
+    tracing::warn!(
+        delivery_id = %f.id,
+        channel = %f.channel,
+        "a send finished after this node's lease on it ran out; the outcome is not recorded"
+    );
+}
+
 fn delivery_row(r: &tokio_postgres::Row) -> super::admin::DeliveryRow {
     super::admin::DeliveryRow {
         id: r.get(0),
@@ -914,10 +1186,8 @@ async fn finish_in(
         } => {
             // Take the reference locks before the row lock, in the order receipts take them.
             if receipt_timeout_ms.is_some() {
-                for id in ref_locks(&f.channel, provider_refs.iter().map(String::as_str)) {
-                    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&id])
-                        .await?;
-                }
+                let ids = ref_locks(&f.channel, provider_refs.iter().map(String::as_str));
+                lock_all(tx, &ids).await?;
             }
             let is_final = receipt_timeout_ms.is_none();
             let st = tx

@@ -1532,6 +1532,25 @@ url = "loopback"
     }
 
     #[test]
+    fn storage_urls_pick_the_backend_and_never_echo_a_password() {
+        let mut c = Config::embedded(Path::new("/tmp/x"));
+        c.storage.url = "postgres://pinpost:s3cret@db:5432/pinpost".into();
+        assert_eq!(
+            c.storage_backend().unwrap(),
+            StorageBackend::Postgres(c.storage.url.clone())
+        );
+        assert!(c.storage_path().is_err(), "SQLite-only commands refuse it");
+        c.storage.url = "mongodb://pinpost:s3cret@db/pinpost".into();
+        let e = c.storage_backend().unwrap_err().to_string();
+        assert!(e.contains("mongodb") && !e.contains("s3cret"), "{e}");
+        c.storage.url = "sqlite://state/p.db".into();
+        assert_eq!(
+            c.storage_backend().unwrap(),
+            StorageBackend::Sqlite("state/p.db".into())
+        );
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let dir = tempfile::tempdir().unwrap();
         for (edit, key) in [
@@ -1540,6 +1559,9 @@ url = "loopback"
                 "retry_backoff_min",
             ),
             ("[storage]\nurl = \"mysql://x\"", "storage.url"),
+            ("[storage]\nurl = \"sqlite://\"", "storage.url"),
+            ("[storage]\nlease = \"1s\"", "storage.lease"),
+            ("[storage]\npool_size = 0", "storage.pool_size"),
             ("[storage]\ndurability = \"maybe\"", "durability"),
             ("[delivery]\nutc_offset = \"JST\"", "utc_offset"),
             ("[pin]\nmin_length = 2", "pin"),

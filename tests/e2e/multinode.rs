@@ -60,8 +60,7 @@ fn start_node(schema: &Schema, smsc: &Smsc, name: &str) -> (tempfile::TempDir, D
     let dir = tempfile::tempdir().unwrap();
     let mut o = DaemonOpts::new(&format!("smpp://{}", smsc.addr));
     o.extra_delivery = "in_doubt_action = \"resend\"\nreceipt_timeout = \"5s\"";
-    o.extra_channels = "max_tps = 40".into();
-    o.log_filter = "info";
+    o.log_filter = "info,pinpost::dispatch=debug";
     let config = write_config(dir.path(), &o);
     // Share one PIN key: any node may send any delivery.
     std::fs::write(
@@ -87,13 +86,13 @@ fn start_node(schema: &Schema, smsc: &Smsc, name: &str) -> (tempfile::TempDir, D
 #[test]
 fn three_nodes_one_killed_every_delivery_ends_and_duplicates_are_bounded() {
     let schema = Schema::new();
-    let smsc = Smsc::start(&["--response-delay", "20ms"]);
+    let smsc = Smsc::start(&["--response-delay", "400ms"]);
     let mut nodes: Vec<_> = ["n1", "n2", "n3"]
         .iter()
         .map(|n| start_node(&schema, &smsc, n))
         .collect();
 
-    const N: usize = 360;
+    const N: usize = 600;
     let mut ids = Vec::new();
     for i in 0..N {
         let d = &nodes[i % 3].1;
@@ -102,12 +101,39 @@ fn three_nodes_one_killed_every_delivery_ends_and_duplicates_are_bounded() {
         ids.push(r.body["id"].as_str().unwrap().to_owned());
     }
 
-    // Kill n1 while all three are sending (120 sends/s in all; n1 holds up to a window).
-    smsc.wait_messages(N / 4, Duration::from_secs(60));
-    let held_by_n1: i64 = schema
-        .q("SELECT count(*) FROM deliveries WHERE lease_owner = 'n1' AND state = 'sending'")
-        .parse()
-        .unwrap();
+    // Kill n1 while all three are sending (the SMSC answers each submit_sm after 400 ms, so
+    // every node has its window of 10 in flight).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while schema
+        .q("SELECT count(*) FROM deliveries WHERE state = 'delivered'")
+        .parse::<usize>()
+        .unwrap()
+        < N / 4
+    {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let held_by_n1 = loop {
+        let held: i64 = schema
+            .q("SELECT count(*) FROM deliveries WHERE lease_owner = 'n1' AND state = 'sending'")
+            .parse()
+            .unwrap();
+        if held >= 3 {
+            break held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n1 never held sends: {}\nsubmitted by n1, n2, n3: {:?}\nn1 log:\n{}",
+            schema.q("SELECT state, lease_owner, count(*) FROM deliveries GROUP BY 1, 2"),
+            nodes
+                .iter()
+                .map(|(_, d)| d.proc.log().matches(" submitted ").count())
+                .collect::<Vec<_>>(),
+            tail(&nodes[0].1.proc.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
     nodes[0].1.proc.kill9();
     eprintln!("killed n1 holding about {held_by_n1} sends");
 
@@ -174,6 +200,7 @@ fn three_nodes_one_killed_every_delivery_ends_and_duplicates_are_bounded() {
         duplicates <= in_doubt,
         "only sends whose outcome was unknown are sent twice"
     );
+    assert!(rescued >= 1, "the kill interrupted sends in flight");
     assert!(
         rescued <= 10,
         "a dead node's in-flight work is at most its window (10): {rescued}"
@@ -199,5 +226,12 @@ fn three_nodes_one_killed_every_delivery_ends_and_duplicates_are_bounded() {
     );
     for (_, d) in nodes.iter_mut().skip(1) {
         d.proc.sigterm();
+    }
+    // No PIN in any node's log, the killed one's included.
+    for (i, (_, d)) in nodes.iter().enumerate() {
+        let log = d.proc.log();
+        for p in [pin_for(0), pin_for(N / 2), pin_for(N - 1)] {
+            assert!(!log.contains(&p), "node {} logged a PIN", i + 1);
+        }
     }
 }

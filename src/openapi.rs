@@ -1,7 +1,7 @@
 //! The OpenAPI 3 document of the HTTP API, served at `GET /v1/openapi.json`.
 //!
-//! It is derived from the code: each handler in [`crate::api`] and [`crate::voucher_api`]
-//! carries a `#[utoipa::path]` with every status it answers, and the request and response
+//! It is derived from the code: each handler in [`crate::api`], [`crate::voucher_api`] and
+//! [`crate::console`] carries a `#[utoipa::path]` with every status it answers, and the request and response
 //! types derive their schemas. A test compares the document with the router's own table of
 //! paths and methods, so neither can change without the other.
 
@@ -36,6 +36,12 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         crate::voucher_api::reverse,
         crate::voucher_api::get_settlement,
         crate::voucher_api::run_settlement,
+        crate::console::overview,
+        crate::console::deliveries,
+        crate::console::failures,
+        crate::console::page,
+        crate::console::script,
+        crate::console::style,
         crate::api::metrics,
         crate::api::healthz,
         crate::api::readyz,
@@ -48,6 +54,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         (name = "vouchers", description = "Vouchers: pinpost mints and delivers the PIN (billing and admin tokens)"),
         (name = "redemptions", description = "Redeeming and reversing (merchant tokens)"),
         (name = "settlements", description = "Daily settlement (admin tokens)"),
+        (name = "console", description = "The operator console: its page and files (no token) and the JSON it reads (admin tokens)"),
         (name = "operations", description = "Health, readiness, metrics and this document (no token)"),
     )
 )]
@@ -190,7 +197,15 @@ mod tests {
             doc["components"]["securitySchemes"]["bearer"]["scheme"],
             "bearer"
         );
-        let open = ["/healthz", "/readyz", "/metrics", "/v1/openapi.json"];
+        let open = [
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/v1/openapi.json",
+            "/console",
+            "/console/console.js",
+            "/console/console.css",
+        ];
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, op) in item.as_object().unwrap() {
                 let security = op["security"].as_array().expect("security is explicit");
@@ -211,6 +226,65 @@ mod tests {
                     assert!(statuses.contains_key("400"), "{method} {path}: 400");
                 }
             }
+        }
+    }
+
+    /// The console's files declare the media type they are really sent with, and its JSON
+    /// declares the refusals of a non-admin token and of bad query parameters.
+    #[tokio::test]
+    async fn the_console_is_documented_as_served() {
+        let doc: Value = serde_json::from_str(json()).unwrap();
+        let files = [
+            ("/console", crate::console::page().await),
+            ("/console/console.js", crate::console::script().await),
+            ("/console/console.css", crate::console::style().await),
+        ];
+        for (path, resp) in files {
+            let sent = resp.headers()[header::CONTENT_TYPE].to_str().unwrap();
+            let media_type = sent.split(';').next().unwrap().trim();
+            let op = &doc["paths"][path]["get"];
+            assert_eq!(op["tags"], serde_json::json!(["console"]), "{path}");
+            let declared: Vec<_> = op["responses"]["200"]["content"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{path}: no content"))
+                .keys()
+                .cloned()
+                .collect();
+            assert_eq!(declared, vec![media_type.to_owned()], "{path}");
+            assert!(
+                op["responses"]["200"]["headers"]
+                    .get("Content-Security-Policy")
+                    .is_some(),
+                "{path}"
+            );
+        }
+        for (path, params) in [
+            ("/v1/admin/overview", &[][..]),
+            (
+                "/v1/admin/deliveries",
+                &["msisdn", "id", "days", "limit"][..],
+            ),
+            ("/v1/admin/failures", &["limit"][..]),
+        ] {
+            let op = &doc["paths"][path]["get"];
+            assert_eq!(op["tags"], serde_json::json!(["console"]), "{path}");
+            let statuses = op["responses"].as_object().unwrap();
+            for s in ["200", "401", "403", "503"] {
+                assert!(statuses.contains_key(s), "{path}: {s}");
+            }
+            assert_eq!(statuses.contains_key("422"), !params.is_empty(), "{path}");
+            let declared: Vec<_> = op["parameters"]
+                .as_array()
+                .map(|ps| {
+                    ps.iter()
+                        .map(|p| {
+                            assert_eq!(p["in"], "query", "{path}");
+                            p["name"].as_str().unwrap().to_owned()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert_eq!(declared, params, "{path}");
         }
     }
 

@@ -10,5 +10,6 @@ mod fax;
 mod harness;
 mod push;
 mod registry;
+mod reload;
 mod systemd;
 mod vouchers;

@@ -55,7 +55,8 @@ impl std::fmt::Debug for Client {
 pub struct ApiState {
     pub store: Store,
     pub keys: Keys,
-    pub clients: Vec<Client>,
+    /// The API clients; replaced as a whole when the configuration is reloaded.
+    pub clients: arc_swap::ArcSwap<Vec<Client>>,
     pub channels: Arc<Channels>,
     pub default_channel: String,
     pub max_body_bytes: usize,
@@ -235,7 +236,7 @@ pub(crate) fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<Clie
     }
     let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     let mut found = None;
-    for c in &state.clients {
+    for c in state.clients.load().iter() {
         // Compare every byte of every candidate: no early exit on the first difference.
         let diff = c
             .token_sha256

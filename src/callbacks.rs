@@ -106,6 +106,10 @@ pub fn verify(secret: &[u8], header: &str, body: &[u8], now: i64, tolerance_secs
     })
 }
 
+/// The callback secrets as the sender sees them: replaced as a whole when the
+/// configuration is reloaded.
+pub type SharedSecrets = Arc<arc_swap::ArcSwap<Secrets>>;
+
 /// The callback secrets by client (API token name).
 #[derive(Default)]
 pub struct Secrets {
@@ -196,7 +200,7 @@ enum Outcome {
 struct Sender {
     store: Store,
     cfg: CallbacksConfig,
-    secrets: Arc<Secrets>,
+    secrets: SharedSecrets,
     agent: ureq::Agent,
     /// Ids whose POST or outcome is under way; kept out of the query for due rows.
     in_flight: Mutex<HashSet<String>>,
@@ -207,7 +211,7 @@ struct Sender {
 pub async fn run(
     store: Store,
     cfg: CallbacksConfig,
-    secrets: Arc<Secrets>,
+    secrets: SharedSecrets,
     shutdown: CancellationToken,
 ) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -333,10 +337,14 @@ impl Sender {
     /// outcome is committed, so the next query for due rows sees the new state; when it
     /// cannot be recorded, the id stays out until the next start.
     async fn attempt(self: Arc<Self>, row: Due) {
-        let outcome = match self.secrets.get(&row.client) {
+        let key = self
+            .secrets
+            .load()
+            .get(&row.client)
+            .map(|secret| zeroize::Zeroizing::new(secret.expose_secret().as_bytes().to_vec()));
+        let outcome = match key {
             None => Outcome::NoSecret,
-            Some(secret) => {
-                let key = zeroize::Zeroizing::new(secret.expose_secret().as_bytes().to_vec());
+            Some(key) => {
                 let this = self.clone();
                 let (id, url, body) = (row.id.clone(), row.url.clone(), row.body.clone());
                 tokio::task::spawn_blocking(move || this.post(&key, &id, &url, &body))
@@ -677,7 +685,12 @@ mod tests {
             SecretString::from(String::from_utf8(SECRET.to_vec()).unwrap()),
         );
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(store.clone(), cfg, Arc::new(secrets), shutdown.clone()));
+        let task = tokio::spawn(run(
+            store.clone(),
+            cfg,
+            Arc::new(arc_swap::ArcSwap::from_pointee(secrets)),
+            shutdown.clone(),
+        ));
 
         let (state, attempts, last_error) = settled(&store, "cb-flaky").await;
         assert_eq!(state, "sent");
@@ -767,7 +780,12 @@ mod tests {
         let mut secrets = Secrets::default();
         secrets.insert("billing", SecretString::from("0123456789abcdef".to_owned()));
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(store.clone(), cfg, Arc::new(secrets), shutdown.clone()));
+        let task = tokio::spawn(run(
+            store.clone(),
+            cfg,
+            Arc::new(arc_swap::ArcSwap::from_pointee(secrets)),
+            shutdown.clone(),
+        ));
         for id in &ids {
             assert_eq!(settled(&store, id).await, ("sent".to_owned(), 1, None));
         }

@@ -36,7 +36,8 @@ const UNAVAILABLE_RETRY_MS: i64 = 1000;
 /// What a dispatcher needs to know about its channel.
 pub struct Route {
     pub channel: Arc<dyn Channel>,
-    pub template: Template,
+    /// The message text; replaced when the configuration is reloaded.
+    pub template: arc_swap::ArcSwap<Template>,
 }
 
 #[derive(Clone)]
@@ -179,7 +180,7 @@ async fn send_one(ctx: &Ctx, route: &Route, c: Claimed) {
         _ => None,
     };
     let expires = c.expires_at.map(|e| format_expiry(e, ctx.utc_offset));
-    let body = route.template.render(&Values {
+    let body = route.template.load().render(&Values {
         pin: &pin,
         amount: amount.as_deref(),
         payee: c.payee.as_deref(),

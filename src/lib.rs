@@ -16,6 +16,7 @@
 //! - [`crypto`] — the PIN key, AEAD at rest, keyed fingerprints.
 //! - [`template`] — message texts.
 //! - [`telemetry`] — logging.
+//! - [`reload`] — SIGHUP: tokens, templates and TPS swapped in, the rest listed.
 //! - [`run`] — the daemon, wired from a [`config::Config`] and a shutdown token.
 
 pub mod api;
@@ -29,6 +30,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod openapi;
 pub mod registry;
+pub mod reload;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;
@@ -543,13 +545,26 @@ pub async fn run(
     shutdown: CancellationToken,
     bound: Option<oneshot::Sender<SocketAddr>>,
 ) -> Result<(), RunError> {
+    run_reloadable(config, shutdown, bound, None).await
+}
+
+/// [`run`], reloading the configuration from `reload` on each of its requests (see
+/// [`reload`]).
+pub async fn run_reloadable(
+    config: Config,
+    shutdown: CancellationToken,
+    bound: Option<oneshot::Sender<SocketAddr>>,
+    reload: Option<reload::ReloadSource>,
+) -> Result<(), RunError> {
     config.validate()?;
     let keys = Keys::load(
         &config.secrets.pin_key_file,
         config.secrets.generate_missing,
     )?;
     let clients = load_clients(&config)?;
-    let callback_secrets = Arc::new(callbacks::Secrets::load(&config)?);
+    let callback_secrets: callbacks::SharedSecrets = Arc::new(arc_swap::ArcSwap::from_pointee(
+        callbacks::Secrets::load(&config)?,
+    ));
     let store = match config.storage_backend()? {
         config::StorageBackend::Sqlite(path) => {
             Store::open(&path, config.storage.durability, plan_settings(&config))?
@@ -586,6 +601,7 @@ pub async fn run(
     let mut channels: Channels = BTreeMap::new();
     let mut smpp_binds = std::collections::HashMap::new();
     let mut routes = Vec::new();
+    let mut route_by_id = BTreeMap::new();
     for c in &config.channels {
         let (ch, template) = build_channel(
             c,
@@ -597,10 +613,12 @@ pub async fn run(
         )
         .await?;
         channels.insert(c.id().to_owned(), ch.clone());
-        routes.push(Arc::new(dispatch::Route {
+        let route = Arc::new(dispatch::Route {
             channel: ch,
-            template,
-        }));
+            template: arc_swap::ArcSwap::from_pointee(template),
+        });
+        route_by_id.insert(c.id().to_owned(), route.clone());
+        routes.push(route);
     }
     drop(receipt_tx);
     let channels = Arc::new(channels);
@@ -631,7 +649,7 @@ pub async fn run(
     let state = Arc::new(api::ApiState {
         store: store.clone(),
         keys: keys.clone(),
-        clients,
+        clients: arc_swap::ArcSwap::from_pointee(clients),
         channels: channels.clone(),
         default_channel,
         max_body_bytes: config.api.max_body_bytes,
@@ -655,6 +673,7 @@ pub async fn run(
     })?;
     tracing::info!("listening on http://{addr}");
 
+    let api_state = state.clone();
     let http_stop = shutdown.clone();
     let server = tokio::spawn(async move {
         let app = api::router(state);
@@ -682,8 +701,10 @@ pub async fn run(
     }
     let dispatchers = Arc::new(std::sync::Mutex::new(dispatchers));
     systemd::spawn_watchdog(dispatchers.clone(), store.clone(), shutdown.clone());
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::spawn(systemd::ready_when_bound(
         channels.clone(),
+        ready.clone(),
         shutdown.clone(),
     ));
     let receipts_task = tokio::spawn(dispatch::run_receipts(store.clone(), receipt_rx));
@@ -698,13 +719,22 @@ pub async fn run(
         tokio::spawn(callbacks::run(
             store.clone(),
             config.callbacks.clone(),
-            callback_secrets,
+            callback_secrets.clone(),
             shutdown.clone(),
         ))
     } else {
-        drop(callback_secrets);
         tokio::spawn(async {})
     };
+    if let Some(source) = reload {
+        let live = reload::Live {
+            api: api_state,
+            callback_secrets,
+            routes: route_by_id,
+            running: config.clone(),
+            ready,
+        };
+        tokio::spawn(reload::run(live, source, shutdown.clone()));
+    }
     if let Some(tx) = bound {
         let _ = tx.send(addr);
     }

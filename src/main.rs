@@ -4,6 +4,7 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -289,8 +290,18 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             pinpost::telemetry::init(&cfg.log);
             runtime()?.block_on(async move {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(signals(shutdown.clone()));
-                pinpost::run(cfg, shutdown, None).await
+                let (reload_tx, requests) = tokio::sync::mpsc::channel(1);
+                tokio::spawn(signals(shutdown.clone(), Some(reload_tx)));
+                // SIGHUP reads the same file (or the embedded defaults) and environment again.
+                let load: pinpost::reload::LoadConfig = Arc::new(move || {
+                    let env = std::env::vars();
+                    match &arg.config {
+                        Some(p) => Config::load(p, env),
+                        None => Config::load_embedded(&arg.state_dir, env),
+                    }
+                });
+                let source = pinpost::reload::ReloadSource { requests, load };
+                pinpost::run_reloadable(cfg, shutdown, None, Some(source)).await
             })?;
             Ok(())
         }
@@ -390,7 +401,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     .context("cannot start the loopback SMSC")?;
                 tracing::info!("loopback SMSC listening on {}", smsc.local_addr()?);
                 let shutdown = CancellationToken::new();
-                tokio::spawn(signals(shutdown.clone()));
+                tokio::spawn(signals(shutdown.clone(), None));
                 smsc.run(shutdown).await?;
                 anyhow::Ok(())
             })
@@ -479,19 +490,37 @@ fn enqueue(a: EnqueueArgs) -> anyhow::Result<()> {
     print_response(resp)
 }
 
-async fn signals(shutdown: CancellationToken) {
+/// SIGTERM and SIGINT cancel `shutdown`; SIGHUP asks for a reload on `reload` (a request
+/// already waiting absorbs the next ones).
+async fn signals(shutdown: CancellationToken, reload: Option<tokio::sync::mpsc::Sender<()>>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        let mut hup = reload
+            .as_ref()
+            .map(|_| signal(SignalKind::hangup()).expect("SIGHUP handler"));
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                Some(()) = async {
+                    match hup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(tx) = &reload {
+                        let _ = tx.try_send(());
+                    }
+                }
+            }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = reload;
         let _ = tokio::signal::ctrl_c().await;
     }
     shutdown.cancel();

@@ -1,9 +1,11 @@
 //! systemd integration (`Type=notify`): `READY=1` once migrations ran and every channel is
 //! bound, `WATCHDOG=1` at half of `WatchdogSec` while the dispatchers and the storage
-//! writer are alive, `STOPPING=1` when the drain begins. Without `NOTIFY_SOCKET` (not
-//! started by systemd) every call does nothing.
+//! writer are alive, `RELOADING=1` ... `READY=1` around a configuration reload (SIGHUP),
+//! `STOPPING=1` when the drain begins. Without `NOTIFY_SOCKET` (not started by systemd)
+//! every call does nothing.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -27,8 +29,36 @@ pub fn stopping() {
     ]);
 }
 
-/// Send `READY=1` once no channel reports itself down (polled every 100 ms).
-pub async fn ready_when_bound(channels: Arc<Channels>, shutdown: CancellationToken) {
+/// A reload begins. Says nothing before the first `READY=1` (`ready`), so that a reload
+/// during start-up does not end the start-up early.
+pub fn reloading(ready: &AtomicBool) {
+    if !ready.load(Ordering::Acquire) {
+        return;
+    }
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[
+            NotifyState::Reloading,
+            now,
+            NotifyState::Status("reloading the configuration"),
+        ]),
+        Err(e) => tracing::warn!(error = %e, "cannot read the monotonic clock"),
+    }
+}
+
+/// A reload ended (whether or not anything changed): ready again, with `status`.
+pub fn reloaded(ready: &AtomicBool, status: &str) {
+    if ready.load(Ordering::Acquire) {
+        send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    }
+}
+
+/// Send `READY=1` once no channel reports itself down (polled every 100 ms), then set
+/// `ready`.
+pub async fn ready_when_bound(
+    channels: Arc<Channels>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
     loop {
         let mut down = Vec::new();
         for (id, ch) in channels.iter() {
@@ -40,6 +70,7 @@ pub async fn ready_when_bound(channels: Arc<Channels>, shutdown: CancellationTok
             let status = format!("ready: {} channel(s) bound", channels.len());
             tracing::info!("ready: every channel is bound");
             send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+            ready.store(true, Ordering::Release);
             return;
         }
         tokio::select! {

@@ -14,5 +14,6 @@ mod multinode;
 mod openapi;
 mod push;
 mod registry;
+mod reload;
 mod systemd;
 mod vouchers;

@@ -104,3 +104,83 @@ fn the_unit_passes_systemd_analyze_verify() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&bad.stderr).trim().is_empty());
 }
+
+/// The values of `key=` lines in the unit's text.
+fn unit_values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+    unit.lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .collect()
+}
+
+#[test]
+fn the_reference_config_fits_the_unit() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let unit = std::fs::read_to_string(format!("{root}/deploy/pinpost.service")).unwrap();
+    let tmpfiles = std::fs::read_to_string(format!("{root}/deploy/pinpost.tmpfiles")).unwrap();
+    let cfg = pinpost::config::Config::load(
+        std::path::Path::new(&format!("{root}/config/pinpost.toml")),
+        Vec::new(),
+    )
+    .unwrap();
+
+    // The unit starts the packaged binary on the packaged config.
+    for exec in ["ExecStartPre", "ExecStart"] {
+        let v = unit_values(&unit, exec);
+        assert_eq!(v.len(), 1, "{exec}");
+        assert!(v[0].starts_with("/usr/bin/pinpost "), "{exec}={}", v[0]);
+        assert!(
+            v[0].ends_with(" --config /etc/pinpost/pinpost.toml"),
+            "{exec}={}",
+            v[0]
+        );
+    }
+    assert_eq!(
+        unit_values(&unit, "ExecReload"),
+        ["/bin/kill -HUP $MAINPID"]
+    );
+
+    // The database lives in the StateDirectory, which tmpfiles creates for the user.
+    assert_eq!(unit_values(&unit, "StateDirectory"), ["pinpost"]);
+    assert_eq!(unit_values(&unit, "WorkingDirectory"), ["/var/lib/pinpost"]);
+    assert!(cfg.storage_path().unwrap().starts_with("/var/lib/pinpost/"));
+    assert!(tmpfiles.contains("d /var/lib/pinpost 0750 pinpost pinpost"));
+
+    // Every secret the config reads from the credentials directory is a LoadCredential
+    // of the unit, whose source lies in the root-only credentials directory.
+    let credentials: Vec<(&str, &str)> = unit_values(&unit, "LoadCredential")
+        .into_iter()
+        .map(|v| v.split_once(':').unwrap())
+        .collect();
+    let mut from_credentials = vec![cfg.secrets.pin_key_file.clone()];
+    for c in &cfg.channels {
+        if let pinpost::config::ChannelConfig::Smpp(s) = c {
+            from_credentials.extend(s.password_file.clone());
+        }
+    }
+    assert_eq!(from_credentials.len(), 2);
+    for path in &from_credentials {
+        let name = path
+            .strip_prefix("/run/credentials/pinpost.service/")
+            .unwrap_or_else(|_| panic!("{} is not a credential of the unit", path.display()))
+            .to_str()
+            .unwrap();
+        let (_, source) = credentials
+            .iter()
+            .find(|(id, _)| *id == name)
+            .unwrap_or_else(|| panic!("no LoadCredential={name}:… in the unit"));
+        assert!(
+            source.starts_with("/etc/pinpost/credentials/"),
+            "{name}: {source}"
+        );
+    }
+    assert!(tmpfiles.contains("d /etc/pinpost/credentials 0700 root root"));
+
+    // Token and callback-secret files are read again on reload: under /etc/pinpost,
+    // which the service's group may read.
+    for t in &cfg.api.tokens {
+        for f in t.token_file.iter().chain(&t.callback_secret_file) {
+            assert!(f.starts_with("/etc/pinpost/"), "{}", f.display());
+        }
+    }
+    assert!(tmpfiles.contains("d /etc/pinpost 0750 root pinpost"));
+}

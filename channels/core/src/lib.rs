@@ -235,4 +235,10 @@ pub trait Channel: Send + Sync + 'static {
     }
     /// Unbind / QUIT / DISCONNECT, within a bound. Idempotent.
     async fn shutdown(&self) {}
+    /// Change the submit rate of the connection behind this handle while it runs
+    /// (`None`: no limit). Returns false when the driver has no rate limit to change.
+    fn set_tps(&self, max_tps: Option<u32>) -> bool {
+        let _ = max_tps;
+        false
+    }
 }

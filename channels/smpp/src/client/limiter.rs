@@ -39,6 +39,27 @@ impl Limiter {
         }
     }
 
+    /// Change the rate while senders use the bucket (`None`: no limit). The bucket keeps
+    /// the tokens it holds up to the new capacity, so a lower rate takes effect at once.
+    pub(crate) fn set_rate(&self, max_tps: Option<u32>) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if let Some(rate) = s.rate
+            && now > s.last
+        {
+            // Credit what the old rate earned so far before switching.
+            let earned = (now - s.last).as_secs_f64() * rate;
+            s.tokens = (s.tokens + earned).min(s.capacity);
+            s.last = now;
+        } else if s.rate.is_none() {
+            s.last = now.max(s.last);
+        }
+        let rate = max_tps.map(|t| f64::from(t.max(1)));
+        s.rate = rate;
+        s.capacity = rate.unwrap_or(1.0);
+        s.tokens = s.tokens.min(s.capacity);
+    }
+
     /// Wait for permission to write one submit_sm.
     pub(crate) async fn acquire(&self) {
         loop {
@@ -170,6 +191,45 @@ mod tests {
         }
         assert!(
             start.elapsed() >= Duration::from_millis(90),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_rate_applies_to_the_next_sends() {
+        let l = Limiter::new(Some(1000));
+        l.acquire().await;
+        l.set_rate(Some(2));
+        // The bucket shrank to 2 tokens: the first two go at once, four more take 2 s.
+        let start = Instant::now();
+        for _ in 0..6 {
+            l.acquire().await;
+        }
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(1990), "{took:?}");
+        assert!(took <= Duration::from_millis(2100), "{took:?}");
+        // Raised again, and then lifted: no more sleeping beyond the new bucket.
+        l.set_rate(Some(100));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let start = Instant::now();
+        for _ in 0..100 {
+            l.acquire().await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        l.set_rate(None);
+        for _ in 0..10_000 {
+            l.acquire().await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        // From unlimited back to a rate: one second's worth at most, then the rate.
+        l.set_rate(Some(5));
+        let start = Instant::now();
+        for _ in 0..10 {
+            l.acquire().await;
+        }
+        assert!(
+            start.elapsed() >= Duration::from_millis(990),
             "{:?}",
             start.elapsed()
         );

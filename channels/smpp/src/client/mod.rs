@@ -511,6 +511,12 @@ impl Channel for SmppChannel {
         self.view.throttled.load(Ordering::Relaxed)
     }
 
+    /// The bind's rate: a USSD handle on a shared bind changes the SMS channel's rate too.
+    fn set_tps(&self, max_tps: Option<u32>) -> bool {
+        self.shared.limiter.set_rate(max_tps);
+        true
+    }
+
     async fn health(&self) -> Health {
         if self.shared.closing.is_cancelled() {
             return Health::Down {

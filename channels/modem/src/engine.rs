@@ -326,6 +326,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Modem<S> {
         let mut buf = [0u8; 256];
         loop {
             if let Some(line) = self.take_line() {
+                // An unsolicited RING is no answer to the data (see `read_until_final`).
+                if line.eq_ignore_ascii_case("RING") {
+                    continue;
+                }
                 return self.interrupted(pos, line).await;
             }
             if pos == data.len() {

@@ -298,3 +298,29 @@ async fn escape_to_command_mode() {
     assert!(m.hang_up().await.unwrap().is_ok());
     t.await.unwrap();
 }
+
+#[tokio::test]
+async fn ring_after_connect_does_not_interrupt_the_data() {
+    // Found by the modem_response fuzz target: a RING in the same read as CONNECT stayed
+    // buffered and was taken for the modem interrupting the page data.
+    let data = vec![0x55u8; 600];
+    let (mut m, mut peer) = pair();
+    let want = data.len();
+    let t = tokio::spawn(async move {
+        expect(&mut peer, "ATDT5551000\r").await;
+        peer.write_all(b"\r\nCONNECT \rRING\r").await.unwrap();
+        let mut got = vec![0u8; want];
+        peer.read_exact(&mut got).await.unwrap();
+        got
+    });
+    let r = m
+        .dial("5551000", DialMode::Tone, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(r.result, FinalResult::Connect(String::new()));
+    assert_eq!(
+        m.send_data(&data, Duration::from_secs(5)).await.unwrap(),
+        DataSent::Complete
+    );
+    assert_eq!(t.await.unwrap(), data);
+}

@@ -28,6 +28,8 @@
 
 mod channel;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod serial;
 pub mod sim;
 mod snpp;

@@ -672,6 +672,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_reply_that_echoes_the_pin_with_more_digits_is_scrubbed() {
+        // Found by the snpp_reply fuzz target (its crashing reply to SEND).
+        let (out, _) = run(
+            cfg(),
+            "220 SNPP ready",
+            vec![
+                ("PAGE 5551000", Some("250 Pager ID Accepted")),
+                ("MESS PIN", Some("250 Message OK")),
+                (
+                    "SEND",
+                    Some("354 Begin InMessage Sent S49217730556144102 OK, GBoodbye"),
+                ),
+            ],
+            "PIN 4921773055614410 for 3000 JPY",
+        )
+        .await;
+        let error = out
+            .result
+            .expect_err("354 is no answer to SEND")
+            .to_string();
+        assert!(error.contains("[redacted]"), "{error}");
+        assert!(!error.contains("4921773055614410"), "{error}");
+    }
+
+    #[tokio::test]
     async fn data_is_dot_stuffed() {
         let mut c = (*cfg()).clone();
         c.message_command = SnppMessageCommand::Auto;

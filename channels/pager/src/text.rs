@@ -115,13 +115,17 @@ pub(crate) fn clean_for_tap(text: &str) -> String {
         .collect()
 }
 
-/// A reply text from a peer with every run of four or more digits that also occurs in the
-/// message replaced, so a peer that echoes the message cannot put the PIN in an error.
+/// A reply text from a peer with every run of digits that shares four consecutive digits
+/// with the message replaced, so a peer that echoes the message cannot put the PIN in an
+/// error, not even with other digits glued to it.
 pub(crate) fn scrub(reply: &str, message: &str) -> String {
     let mut out = String::with_capacity(reply.len());
     let mut digits = String::new();
     let flush = |digits: &mut String, out: &mut String| {
-        if digits.len() >= 4 && message.contains(digits.as_str()) {
+        // A run of ASCII digits is ASCII: every 4-byte window is a string.
+        let shared = digits.len() >= 4
+            && (0..=digits.len() - 4).any(|at| message.contains(&digits[at..at + 4]));
+        if shared {
             out.push_str("[redacted]");
         } else {
             out.push_str(digits);
@@ -229,6 +233,19 @@ mod tests {
         );
         assert_eq!(scrub("550 Invalid Pager ID", msg), "550 Invalid Pager ID");
         assert_eq!(scrub("511 id 9999999", msg), "511 id 9999999");
+    }
+
+    #[test]
+    fn scrub_hides_message_digits_glued_to_others() {
+        // Found by the snpp_reply fuzz target: the reply to SEND echoed the PIN with a
+        // digit after it, and the whole run was not in the message, so it was kept.
+        let msg = "PIN 4921773055614410 for 3000 JPY";
+        let said = scrub(
+            "354 Begin InMessage Sent S49217730556144102 OK, GBoodbye",
+            msg,
+        );
+        assert_eq!(said, "354 Begin InMessage Sent S[redacted] OK, GBoodbye");
+        assert_eq!(scrub("550 id 5551000", msg), "550 id 5551000");
     }
 
     #[test]

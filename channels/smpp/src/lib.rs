@@ -7,5 +7,7 @@
 //!   `pinpost smsc-sim` runs it, tests and benchmarks point the daemon at it.
 
 pub mod client;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gsm;
 pub mod sim;

@@ -22,7 +22,7 @@ mod config;
 mod encoding;
 mod limiter;
 mod pdu;
-mod receipt;
+pub(crate) mod receipt;
 mod session;
 mod status;
 mod transport;

@@ -235,6 +235,32 @@ struct Shared {
     next_conn: AtomicU64,
 }
 
+impl Shared {
+    /// Opens the record file; `cfg` is valid.
+    fn new(cfg: SimConfig) -> io::Result<Arc<Shared>> {
+        let messages = record::Messages::new(cfg.message_id_base, cfg.record.as_deref())?;
+        Ok(Arc::new(Shared {
+            rng: Mutex::new(StdRng::seed_from_u64(cfg.seed)),
+            cfg,
+            stats: SimStats::default(),
+            next_id: AtomicU64::new(FIRST_MESSAGE_ID),
+            submit_count: AtomicU64::new(0),
+            router: router::Router::default(),
+            messages,
+            next_conn: AtomicU64::new(1),
+        }))
+    }
+}
+
+/// Handles `input` as one connection's bytes from a client and returns what the SMSC wrote
+/// back (see `session::replay`). Fails only when `cfg` is invalid or its record cannot be
+/// opened.
+pub(crate) fn replay(cfg: SimConfig, input: &[u8]) -> io::Result<Vec<u8>> {
+    cfg.validate()?;
+    let shared = Shared::new(cfg)?;
+    Ok(session::replay(shared, input))
+}
+
 /// A bound (listening) loopback SMSC; [`Smsc::run`] serves it.
 pub struct Smsc {
     listener: TcpListener,
@@ -246,17 +272,7 @@ impl Smsc {
     pub async fn bind(cfg: SimConfig) -> io::Result<Smsc> {
         cfg.validate()?;
         let listener = TcpListener::bind(cfg.listen).await?;
-        let messages = record::Messages::new(cfg.message_id_base, cfg.record.as_deref())?;
-        let shared = Arc::new(Shared {
-            rng: Mutex::new(StdRng::seed_from_u64(cfg.seed)),
-            cfg,
-            stats: SimStats::default(),
-            next_id: AtomicU64::new(FIRST_MESSAGE_ID),
-            submit_count: AtomicU64::new(0),
-            router: router::Router::default(),
-            messages,
-            next_conn: AtomicU64::new(1),
-        });
+        let shared = Shared::new(cfg)?;
         Ok(Smsc { listener, shared })
     }
 

@@ -147,55 +147,12 @@ pub(super) async fn serve(
     shutdown: CancellationToken,
 ) {
     let (inbox_tx, mut inbox) = mpsc::unbounded_channel();
-    let mut s = Session {
-        shared,
-        conn,
-        peer,
-        bound: None,
-        system_id: None,
-        wbuf: BytesMut::with_capacity(READ_CHUNK),
-        pdus_in: 0,
-        submits: 0,
-        next_seq: 0,
-        unacked: HashMap::new(),
-        resp_queue: VecDeque::new(),
-        receipt_queue: VecDeque::new(),
-        retry_queue: VecDeque::new(),
-        inbox_tx,
-        dates: DateCache::default(),
-        scratch: String::with_capacity(64),
-        phase: Phase::Open,
-        linger_until: None,
-        shutting_down: false,
-    };
-    let drop_after = s.shared.cfg.drop_after_pdus;
+    let mut s = Session::new(shared, conn, peer, inbox_tx);
     let (mut rd, mut wr) = stream.split();
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut codec = SmppCodec;
     let end = loop {
-        while matches!(s.phase, Phase::Open | Phase::Unbinding(_)) {
-            match codec.decode(&mut rbuf) {
-                Ok(Some(inbound)) => {
-                    s.pdus_in += 1;
-                    if drop_after.is_some_and(|n| s.pdus_in >= n) {
-                        SimStats::bump(&s.shared.stats.inner.dropped_connections);
-                        s.end_with(Phase::Dropping);
-                        break;
-                    }
-                    s.handle(inbound);
-                }
-                Ok(None) => break,
-                Err(FrameError::Length {
-                    length,
-                    sequence_number,
-                }) => {
-                    tracing::warn!(peer = %s.peer, length, "smsc-sim: broken PDU framing, closing");
-                    s.generic_nack(sequence_number, CommandStatus::EsmeRinvcmdlen);
-                    s.end_with(Phase::Closing);
-                }
-                Err(FrameError::Io(_)) => s.end_with(Phase::Closing),
-            }
-        }
+        s.take_input(&mut codec, &mut rbuf);
         // A peer that does not take the last bytes within the linger time is given up.
         let lingered = s.linger_until.is_some_and(|t| t <= Instant::now());
         if matches!(s.phase, Phase::Closing | Phase::Dropping) && (s.wbuf.is_empty() || lingered) {
@@ -233,7 +190,82 @@ pub(super) async fn serve(
     s.finish(end, &mut inbox);
 }
 
+/// Runs one session over `input` as if a client had sent it and then closed the connection,
+/// without a socket: every PDU is handled, every delayed response and receipt falls due, and
+/// everything the session wrote is returned. The fuzz targets drive the SMSC through it.
+pub(super) fn replay(shared: Arc<Shared>, input: &[u8]) -> Vec<u8> {
+    let (inbox_tx, mut inbox) = mpsc::unbounded_channel();
+    let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut s = Session::new(shared, 1, peer, inbox_tx);
+    let mut rbuf = BytesMut::from(input);
+    s.take_input(&mut SmppCodec, &mut rbuf);
+    while let Ok(receipt) = inbox.try_recv() {
+        s.deliver(receipt);
+    }
+    s.fire_due(Instant::now() + Duration::from_secs(24 * 3600));
+    let written = s.wbuf.to_vec();
+    s.finish(End::PeerClosed, &mut inbox);
+    written
+}
+
 impl Session {
+    fn new(
+        shared: Arc<Shared>,
+        conn: u64,
+        peer: SocketAddr,
+        inbox_tx: mpsc::UnboundedSender<Receipt>,
+    ) -> Session {
+        Session {
+            shared,
+            conn,
+            peer,
+            bound: None,
+            system_id: None,
+            wbuf: BytesMut::with_capacity(READ_CHUNK),
+            pdus_in: 0,
+            submits: 0,
+            next_seq: 0,
+            unacked: HashMap::new(),
+            resp_queue: VecDeque::new(),
+            receipt_queue: VecDeque::new(),
+            retry_queue: VecDeque::new(),
+            inbox_tx,
+            dates: DateCache::default(),
+            scratch: String::with_capacity(64),
+            phase: Phase::Open,
+            linger_until: None,
+            shutting_down: false,
+        }
+    }
+
+    /// Handles every complete PDU in `rbuf` while the session still serves.
+    fn take_input(&mut self, codec: &mut SmppCodec, rbuf: &mut BytesMut) {
+        let drop_after = self.shared.cfg.drop_after_pdus;
+        while matches!(self.phase, Phase::Open | Phase::Unbinding(_)) {
+            match codec.decode(rbuf) {
+                Ok(Some(inbound)) => {
+                    self.pdus_in += 1;
+                    if drop_after.is_some_and(|n| self.pdus_in >= n) {
+                        SimStats::bump(&self.shared.stats.inner.dropped_connections);
+                        self.end_with(Phase::Dropping);
+                        break;
+                    }
+                    self.handle(inbound);
+                }
+                Ok(None) => break,
+                Err(FrameError::Length {
+                    length,
+                    sequence_number,
+                }) => {
+                    tracing::warn!(peer = %self.peer, length, "smsc-sim: broken PDU framing, closing");
+                    self.generic_nack(sequence_number, CommandStatus::EsmeRinvcmdlen);
+                    self.end_with(Phase::Closing);
+                }
+                Err(FrameError::Io(_)) => self.end_with(Phase::Closing),
+            }
+        }
+    }
+
     fn handle(&mut self, inbound: Inbound) {
         let command = match inbound {
             Inbound::Command(c) => c,

@@ -127,6 +127,10 @@ pub struct StorageConfig {
     /// PostgreSQL: this node's name in leases (default: host name and process id).
     #[serde(default)]
     pub node: Option<String>,
+    /// PostgreSQL: each SMPP channel's `max_tps` is the budget of all live nodes together
+    /// (as the SMSC counts it for the account); each node sends at its share.
+    #[serde(default)]
+    pub share_tps: bool,
 }
 
 fn default_lease() -> Duration {
@@ -156,6 +160,7 @@ impl Default for StorageConfig {
             lease: default_lease(),
             pool_size: default_pool_size(),
             node: None,
+            share_tps: false,
         }
     }
 }
@@ -1115,7 +1120,12 @@ impl Config {
                 ));
             }
         }
-        self.storage_backend()?;
+        if matches!(self.storage_backend()?, StorageBackend::Sqlite(_)) && self.storage.share_tps {
+            return Err(ConfigError::invalid(
+                "storage.share_tps",
+                "shares max_tps among the nodes of a PostgreSQL queue; the embedded database has one node",
+            ));
+        }
         if self.storage.pool_size == 0 || self.storage.pool_size > 256 {
             return Err(ConfigError::invalid(
                 "storage.pool_size",
@@ -1562,6 +1572,7 @@ url = "loopback"
             ("[storage]\nurl = \"sqlite://\"", "storage.url"),
             ("[storage]\nlease = \"1s\"", "storage.lease"),
             ("[storage]\npool_size = 0", "storage.pool_size"),
+            ("[storage]\nshare_tps = true", "storage.share_tps"),
             ("[storage]\ndurability = \"maybe\"", "durability"),
             ("[delivery]\nutc_offset = \"JST\"", "utc_offset"),
             ("[pin]\nmin_length = 2", "pin"),

@@ -35,6 +35,7 @@ pub mod store;
 pub mod systemd;
 pub mod telemetry;
 pub mod template;
+pub mod tps_share;
 pub mod voucher_api;
 pub mod vouchers;
 
@@ -626,6 +627,26 @@ pub async fn run_reloadable(
 
     let metrics = Arc::new(metrics::Metrics::default());
     store.attach_metrics(metrics.clone()).await?;
+    let budgets = config
+        .channels
+        .iter()
+        .filter_map(|c| reload::own_bind(c).map(|s| (c.id().to_owned(), s.max_tps)))
+        .collect();
+    let tps = Arc::new(tps_share::TpsShare::new(
+        channels.clone(),
+        metrics.clone(),
+        budgets,
+    ));
+    let tps_sharing = if config.storage.share_tps {
+        let lease = config.storage.lease;
+        tracing::info!("SMPP max_tps is a budget shared by the live nodes");
+        Some(
+            tps.clone()
+                .spawn(store.clone(), lease, lease / 3, shutdown.clone()),
+        )
+    } else {
+        None
+    };
     let caps = Arc::new(caps::Caps::new(&config.caps));
     if caps.enabled() {
         let since = now_ms() - 86_400_000;
@@ -732,6 +753,7 @@ pub async fn run_reloadable(
             routes: route_by_id,
             running: config.clone(),
             ready,
+            tps,
         };
         tokio::spawn(reload::run(live, source, shutdown.clone()));
     }
@@ -745,6 +767,13 @@ pub async fn run_reloadable(
     let dispatchers = std::mem::take(&mut *dispatchers.lock().expect("dispatcher list"));
     for d in dispatchers {
         let _ = d.await;
+    }
+    // Nothing more is claimed here: the other nodes may take this node's share now.
+    if let Some(t) = tps_sharing {
+        let _ = t.await;
+    }
+    if let Err(e) = store.leave().await {
+        tracing::warn!(error = %e, "cannot mark this node stopped; the others notice within a lease time");
     }
     sends.close();
     if tokio::time::timeout(config.delivery.drain_timeout, sends.wait())

@@ -83,6 +83,11 @@ pub struct Metrics {
     pub channel_tps: Family<ChannelLabel, Gauge<f64, AtomicU64>>,
     /// "Slow down" answers of the peer (each retried part counted), as the driver counts them.
     pub throttles: Family<ChannelLabel, Counter>,
+    /// The submit rate this node's bind may use (after sharing a budget), 0 when unlimited;
+    /// only channels with a rate limit to set.
+    pub tps_limit: Family<ChannelLabel, Gauge>,
+    /// Nodes counted as sharing the queue (1 on the embedded database).
+    pub live_nodes: Gauge,
     sends: Mutex<HashMap<String, SendWindow>>,
 }
 
@@ -146,6 +151,8 @@ impl Default for Metrics {
             submit_to_receipt: Family::new_with_constructor(receipt_buckets),
             channel_tps: Family::default(),
             throttles: Family::default(),
+            tps_limit: Family::default(),
+            live_nodes: Gauge::default(),
             sends: Mutex::default(),
             registry: Registry::default(),
         };
@@ -225,6 +232,16 @@ impl Default for Metrics {
             "throttles",
             "Times the peer asked a channel to slow down",
             m.throttles.clone(),
+        );
+        registry.register(
+            "channel_tps_limit",
+            "Submits per second this node may send on a bind (0: unlimited)",
+            m.tps_limit.clone(),
+        );
+        registry.register(
+            "live_nodes",
+            "Nodes sharing the queue, as this node last counted them",
+            m.live_nodes.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -356,6 +373,10 @@ mod tests {
         m.note_sent("sms", 1, 1_000);
         m.refresh_tps(["sms"], 2_000);
         m.sync_throttles("sms", 1);
+        m.tps_limit
+            .get_or_create(&ChannelLabel { channel: ch() })
+            .set(50);
+        m.live_nodes.set(2);
         m.redemption_declines
             .get_or_create(&CodeLabel {
                 code: "pin_not_valid",

@@ -6,7 +6,8 @@
 //!
 //! - the API clients (`[[api.tokens]]`, token files read again) and their callback secrets;
 //! - the message template of every channel;
-//! - the submit rate (`max_tps`) of every SMPP bind.
+//! - the submit rate (`max_tps`) of every SMPP bind (with `storage.share_tps`, the budget
+//!   the live nodes share: this node applies its share of the new value).
 //!
 //! Each swap replaces one `ArcSwap`, so requests and sends never wait for a reload. Every
 //! other key that changed is listed in a warning: it takes effect at the next restart.
@@ -24,6 +25,7 @@ use crate::callbacks::{Secrets, SharedSecrets};
 use crate::config::{ChannelConfig, Config, ConfigError, SmppChannelConfig};
 use crate::dispatch::Route;
 use crate::template::Template;
+use crate::tps_share::TpsShare;
 
 /// Reads the configuration again (the same file and environment as at start).
 pub type LoadConfig = Arc<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
@@ -46,6 +48,8 @@ pub(crate) struct Live {
     pub running: Config,
     /// Set once systemd was told `READY=1`.
     pub ready: Arc<AtomicBool>,
+    /// The binds' rate budgets (split among the live nodes when they share them).
+    pub tps: Arc<TpsShare>,
 }
 
 /// A new configuration, checked and with its files read, ready to swap in.
@@ -197,8 +201,7 @@ impl Live {
             let tps = own_bind(new).map(|c| c.max_tps);
             if let (Some(old), Some(tps)) = (own_bind_mut(running), tps)
                 && old.max_tps != tps
-                && let Some(route) = self.routes.get(&id)
-                && route.channel.set_tps(tps)
+                && self.tps.set_budget(&id, tps)
             {
                 old.max_tps = tps;
                 summary.tps.push((id.clone(), tps));
@@ -225,7 +228,7 @@ fn template_mut(c: &mut ChannelConfig) -> &mut String {
 
 /// The SMPP settings of a channel with its own bind (a USSD channel on another channel's
 /// bind has no rate of its own).
-fn own_bind(c: &ChannelConfig) -> Option<&SmppChannelConfig> {
+pub(crate) fn own_bind(c: &ChannelConfig) -> Option<&SmppChannelConfig> {
     match c {
         ChannelConfig::Ussd(c) if c.url.starts_with("channel:") => None,
         ChannelConfig::Smpp(c) | ChannelConfig::Ussd(c) => Some(c),

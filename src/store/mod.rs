@@ -515,6 +515,23 @@ impl Store {
         })
     }
 
+    /// How many nodes share the queue: on PostgreSQL those whose heartbeat ran within
+    /// `window_ms` before `now`, this one included; the embedded database has one.
+    pub async fn live_nodes(&self, now: i64, window_ms: i64) -> Result<usize, StoreError> {
+        match &*self.inner {
+            Inner::Postgres(q) => q.live_nodes(now - window_ms).await,
+            Inner::Sqlite(_) => Ok(1),
+        }
+    }
+
+    /// Tell the other nodes this one stopped cleanly (PostgreSQL; nothing on SQLite).
+    pub async fn leave(&self) -> Result<(), StoreError> {
+        match &*self.inner {
+            Inner::Postgres(q) => q.leave().await,
+            Inner::Sqlite(_) => Ok(()),
+        }
+    }
+
     /// (msisdn, created_at) of every delivery created at or after `since`.
     pub async fn created_since(&self, since: i64) -> Result<Vec<(String, i64)>, StoreError> {
         if let Inner::Postgres(q) = &*self.inner {

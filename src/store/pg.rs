@@ -954,6 +954,31 @@ impl PgQueue {
         .collect())
     }
 
+    /// Nodes whose heartbeat ran at or after `since`, this node always included.
+    pub(super) async fn live_nodes(&self, since: i64) -> Result<usize, StoreError> {
+        let c = self.pool.get().await?;
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM nodes WHERE seen_at >= $1 OR name = $2",
+                &[&since, &self.node],
+            )
+            .await?
+            .get(0);
+        Ok((n as usize).max(1))
+    }
+
+    /// A clean stop: this node no longer counts as live, so the others take its share of
+    /// any shared budget at once rather than after a lease time.
+    pub(super) async fn leave(&self) -> Result<(), StoreError> {
+        let c = self.pool.get().await?;
+        c.execute(
+            "UPDATE nodes SET seen_at = 0 WHERE name = $1",
+            &[&self.node],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Recent deliveries to `msisdn`, newest first (for caps seeding and lookups).
     pub(super) async fn created_since(&self, since: i64) -> Result<Vec<(String, i64)>, StoreError> {
         let c = self.pool.get().await?;

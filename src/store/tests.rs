@@ -535,6 +535,36 @@ mod postgres_nodes {
     }
 
     #[tokio::test]
+    async fn live_nodes_count_recent_heartbeats_and_a_clean_stop_leaves() {
+        let schema = Schema::create().await;
+        let a = schema.store("node-a").await;
+        let b = schema.store("node-b").await;
+        let c = schema.store("node-c").await;
+        assert_eq!(
+            a.live_nodes(1_000, 500).await.unwrap(),
+            1,
+            "before any heartbeat a node counts itself"
+        );
+        a.heartbeat(10_000).await.unwrap();
+        b.heartbeat(10_000).await.unwrap();
+        c.heartbeat(7_000).await.unwrap();
+        assert_eq!(a.live_nodes(10_100, 3_000).await.unwrap(), 2, "c is stale");
+        assert_eq!(
+            c.live_nodes(10_100, 3_000).await.unwrap(),
+            3,
+            "c counts itself"
+        );
+        assert_eq!(a.live_nodes(10_100, 3_100).await.unwrap(), 3);
+        b.leave().await.unwrap();
+        assert_eq!(
+            a.live_nodes(10_100, 3_000).await.unwrap(),
+            1,
+            "b stopped cleanly"
+        );
+        assert_eq!(b.live_nodes(10_100, 3_000).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
     async fn heartbeats_keep_a_live_nodes_leases() {
         let schema = Schema::create().await;
         let a = schema.store("node-a").await;

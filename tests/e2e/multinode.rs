@@ -57,6 +57,17 @@ impl Drop for Schema {
 }
 
 fn start_node(schema: &Schema, smsc: &Smsc, name: &str) -> (tempfile::TempDir, Daemon) {
+    start_node_with(schema, smsc, name, "", "")
+}
+
+/// A node with more `[storage]` keys and more keys on its `sms` channel.
+fn start_node_with(
+    schema: &Schema,
+    smsc: &Smsc,
+    name: &str,
+    storage: &str,
+    sms: &str,
+) -> (tempfile::TempDir, Daemon) {
     let dir = tempfile::tempdir().unwrap();
     let mut o = DaemonOpts::new(&format!("smpp://{}", smsc.addr));
     o.extra_delivery = "in_doubt_action = \"resend\"\nreceipt_timeout = \"5s\"";
@@ -74,10 +85,13 @@ fn start_node(schema: &Schema, smsc: &Smsc, name: &str) -> (tempfile::TempDir, D
     let text = text.replace(
         &sqlite,
         &format!(
-            "url = \"{}\"\nlease = \"3s\"\npool_size = 4\nnode = \"{name}\"",
+            "url = \"{}\"\nlease = \"3s\"\npool_size = 4\nnode = \"{name}\"\n{storage}",
             schema.url()
         ),
     );
+    let channel_end = "response_timeout = \"2s\"";
+    assert!(text.ends_with(&format!("{channel_end}\n\n")));
+    let text = text.replace(channel_end, &format!("{channel_end}\n{sms}"));
     std::fs::write(&config, text).unwrap();
     let d = Daemon::start_with(dir.path(), &config);
     (dir, d)
@@ -232,6 +246,101 @@ fn three_nodes_one_killed_every_delivery_ends_and_duplicates_are_bounded() {
         let log = d.proc.log();
         for p in [pin_for(0), pin_for(N / 2), pin_for(N - 1)] {
             assert!(!log.contains(&p), "node {} logged a PIN", i + 1);
+        }
+    }
+}
+
+/// A metric's value in a node's `/metrics` text (None while the sample is absent).
+fn metric(d: &Daemon, sample: &str) -> Option<f64> {
+    let m = http("GET", &format!("{}/metrics", d.base), None, &[], None);
+    assert_eq!(m.status, 200);
+    m.raw
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Wait (bounded) until every node in `nodes` reports `limit` for the sms bind and `live`.
+fn wait_shares(nodes: &[&Daemon], live: f64, limit: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for d in nodes {
+        loop {
+            let l = metric(d, "pinpost_live_nodes");
+            let t = metric(d, "pinpost_channel_tps_limit{channel=\"sms\"}");
+            if l == Some(live) && t == Some(limit) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: live nodes {l:?}, sms limit {t:?}; expected {live} and {limit}\n{}",
+                d.base,
+                tail(&d.proc.log(), 20)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn a_shared_tps_budget_is_split_among_live_nodes_and_taken_back_when_one_goes() {
+    const BUDGET: f64 = 30.0;
+    let schema = Schema::new();
+    let smsc = Smsc::start(&[]);
+    let mut nodes: Vec<_> = ["t1", "t2", "t3"]
+        .iter()
+        .map(|n| start_node_with(&schema, &smsc, n, "share_tps = true", "max_tps = 30"))
+        .collect();
+    let all: Vec<&Daemon> = nodes.iter().map(|(_, d)| d).collect();
+    wait_shares(&all, 3.0, BUDGET / 3.0);
+
+    // The three send 150 messages together no faster than the budget. Each bucket may
+    // start full (one share each, the budget in all), so the SMSC sees the first
+    // submit and the last at least (150 - 30) / 30 = 4 s apart. Unshared, the three binds
+    // would send at 90/s and take about 1.3 s.
+    const N: usize = 150;
+    for i in 0..N {
+        let r = nodes[i % 3]
+            .1
+            .enqueue(&format!("tps-{i}"), &delivery("+819012345678", &pin_for(i)));
+        assert_eq!(r.status, 202, "{}", r.raw);
+    }
+    let msgs = smsc.wait_messages(N, Duration::from_secs(120));
+    let ts: Vec<time::OffsetDateTime> = msgs
+        .iter()
+        .map(|m| {
+            time::OffsetDateTime::parse(
+                m["ts"].as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap()
+        })
+        .collect();
+    let span = *ts.iter().max().unwrap() - *ts.iter().min().unwrap();
+    let floor = (N as f64 - BUDGET) / BUDGET;
+    eprintln!("{N} submits over {span} with a budget of {BUDGET}/s (floor {floor} s)");
+    assert!(
+        span.as_seconds_f64() >= floor - 0.2,
+        "the nodes together exceeded the budget: {N} submits in {span}"
+    );
+
+    // A clean stop hands its share over at the survivors' next count.
+    nodes[2].1.proc.sigterm();
+    wait_shares(&[&nodes[0].1, &nodes[1].1], 2.0, BUDGET / 2.0);
+    // A killed node is noticed once its heartbeat is a lease (3 s) old.
+    nodes[1].1.proc.kill9();
+    wait_shares(&[&nodes[0].1], 1.0, BUDGET);
+    assert!(
+        nodes[0]
+            .1
+            .proc
+            .log()
+            .contains("shared TPS budget: this node's share sms=30/s"),
+        "the survivor logs its new share"
+    );
+    nodes[0].1.proc.sigterm();
+    for (_, d) in &nodes {
+        let log = d.proc.log();
+        for p in [pin_for(0), pin_for(N - 1)] {
+            assert!(!log.contains(&p), "a node logged a PIN");
         }
     }
 }

@@ -294,8 +294,8 @@ fn a_shared_tps_budget_is_split_among_live_nodes_and_taken_back_when_one_goes() 
 
     // The three send 150 messages together no faster than the budget. Each bucket may
     // start full (one share each, the budget in all), so the SMSC sees the first
-    // submit and the last at least (150 - 30) / 30 = 4 s apart. Unshared, the three binds
-    // would send at 90/s and take about 1.3 s.
+    // submit and the last at least (150 - 30) / 30 = 4 s apart (less 0.5 s for the
+    // recording's jitter). Unshared, the three binds would send at 90/s and take about 1.3 s.
     const N: usize = 150;
     for i in 0..N {
         let r = nodes[i % 3]
@@ -318,7 +318,7 @@ fn a_shared_tps_budget_is_split_among_live_nodes_and_taken_back_when_one_goes() 
     let floor = (N as f64 - BUDGET) / BUDGET;
     eprintln!("{N} submits over {span} with a budget of {BUDGET}/s (floor {floor} s)");
     assert!(
-        span.as_seconds_f64() >= floor - 0.2,
+        span.as_seconds_f64() >= floor - 0.5,
         "the nodes together exceeded the budget: {N} submits in {span}"
     );
 

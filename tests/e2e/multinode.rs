@@ -31,8 +31,9 @@ fn psql(sql: &str) -> String {
 struct Schema(String);
 
 impl Schema {
-    fn new() -> Schema {
-        let name = format!("e2e_{}", std::process::id());
+    /// A fresh schema of this process; `tag` tells apart the tests running side by side.
+    fn new(tag: &str) -> Schema {
+        let name = format!("e2e_{}_{tag}", std::process::id());
         psql(&format!(
             "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"
         ));
@@ -99,7 +100,7 @@ fn start_node_with(
 
 #[test]
 fn three_nodes_one_killed_every_delivery_ends_and_duplicates_are_bounded() {
-    let schema = Schema::new();
+    let schema = Schema::new("kill");
     let smsc = Smsc::start(&["--response-delay", "400ms"]);
     let mut nodes: Vec<_> = ["n1", "n2", "n3"]
         .iter()
@@ -283,7 +284,7 @@ fn wait_shares(nodes: &[&Daemon], live: f64, limit: f64) {
 #[test]
 fn a_shared_tps_budget_is_split_among_live_nodes_and_taken_back_when_one_goes() {
     const BUDGET: f64 = 30.0;
-    let schema = Schema::new();
+    let schema = Schema::new("tps");
     let smsc = Smsc::start(&[]);
     let mut nodes: Vec<_> = ["t1", "t2", "t3"]
         .iter()

@@ -252,3 +252,67 @@ pub struct PlanSettings {
     /// Step timeout for devices registered without one.
     pub default_step_timeout_ms: i64,
 }
+
+/// How a part's receipt is stored in `message_parts.status`.
+pub(crate) fn part_status(s: ReceiptStatus) -> &'static str {
+    match s {
+        ReceiptStatus::Delivered => "delivered",
+        ReceiptStatus::Undeliverable => "undeliverable",
+        ReceiptStatus::Expired => "expired",
+        ReceiptStatus::Unknown | ReceiptStatus::Pending => "unknown",
+    }
+}
+
+/// A stored part status read back.
+pub(crate) fn status_from_part(s: &str) -> ReceiptStatus {
+    match s {
+        "delivered" => ReceiptStatus::Delivered,
+        "undeliverable" => ReceiptStatus::Undeliverable,
+        "expired" => ReceiptStatus::Expired,
+        _ => ReceiptStatus::Unknown,
+    }
+}
+
+/// What a final receipt does to its delivery, given the parts of its attempt still
+/// `pending`, `delivered` and `unknown` (this receipt's part counted): `None` while parts
+/// are pending and none failed; otherwise the delivery's new state, the attempt's outcome
+/// and its error text. One failed part fails the message.
+pub(crate) fn receipt_verdict(
+    r: &ReceiptIn,
+    pending: i64,
+    delivered: i64,
+    unknown: i64,
+) -> Option<(State, &'static str, Option<String>)> {
+    let failed_now = matches!(
+        r.status,
+        ReceiptStatus::Undeliverable | ReceiptStatus::Expired
+    );
+    if pending > 0 && !failed_now {
+        return None;
+    }
+    let err_text = r
+        .error_code
+        .as_deref()
+        .map(|c| format!(" (error {c})"))
+        .unwrap_or_default();
+    Some(if failed_now {
+        let what = if r.status == ReceiptStatus::Expired {
+            "expired"
+        } else {
+            "undeliverable"
+        };
+        (
+            State::Failed,
+            what,
+            Some(format!("receipt: {what}{err_text}")),
+        )
+    } else if unknown > 0 || delivered == 0 {
+        (
+            State::Submitted,
+            "unknown",
+            Some(format!("receipt: outcome unknown{err_text}")),
+        )
+    } else {
+        (State::Delivered, "delivered", None)
+    })
+}

@@ -26,7 +26,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
-use pinpost_channel_core::ReceiptStatus;
 use sha2::{Digest, Sha256};
 use tokio_postgres::NoTls;
 
@@ -1385,24 +1384,6 @@ async fn find_part(
     Ok(None)
 }
 
-fn part_status(s: ReceiptStatus) -> &'static str {
-    match s {
-        ReceiptStatus::Delivered => "delivered",
-        ReceiptStatus::Undeliverable => "undeliverable",
-        ReceiptStatus::Expired => "expired",
-        ReceiptStatus::Unknown | ReceiptStatus::Pending => "unknown",
-    }
-}
-
-fn status_from_part(s: &str) -> ReceiptStatus {
-    match s {
-        "delivered" => ReceiptStatus::Delivered,
-        "undeliverable" => ReceiptStatus::Undeliverable,
-        "expired" => ReceiptStatus::Expired,
-        _ => ReceiptStatus::Unknown,
-    }
-}
-
 /// Apply a final receipt; the caller holds its reference locks.
 /// Returns when the finished attempt was sent, when this receipt ended it.
 async fn apply_receipt(
@@ -1454,37 +1435,8 @@ async fn apply_receipt(
         .await?;
     let (pending, delivered, unknown): (i64, i64, i64) =
         (counts.get(0), counts.get(1), counts.get(2));
-    let failed_now = matches!(
-        r.status,
-        ReceiptStatus::Undeliverable | ReceiptStatus::Expired
-    );
-    if pending > 0 && !failed_now {
+    let Some((state, outcome, error)) = receipt_verdict(r, pending, delivered, unknown) else {
         return Ok(None);
-    }
-    let err_text = r
-        .error_code
-        .as_deref()
-        .map(|c| format!(" (error {c})"))
-        .unwrap_or_default();
-    let (state, outcome, error): (State, &str, Option<String>) = if failed_now {
-        let what = if r.status == ReceiptStatus::Expired {
-            "expired"
-        } else {
-            "undeliverable"
-        };
-        (
-            State::Failed,
-            what,
-            Some(format!("receipt: {what}{err_text}")),
-        )
-    } else if unknown > 0 || delivered == 0 {
-        (
-            State::Submitted,
-            "unknown",
-            Some(format!("receipt: outcome unknown{err_text}")),
-        )
-    } else {
-        (State::Delivered, "delivered", None)
     };
     let sent_at: Option<i64> = tx
         .query_opt(

@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use pinpost_channel_core::ReceiptStatus;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
@@ -746,37 +745,8 @@ impl Writer {
             .query_row(params![delivery_id, seq], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?;
-        let failed_now = matches!(
-            r.status,
-            ReceiptStatus::Undeliverable | ReceiptStatus::Expired
-        );
-        if pending > 0 && !failed_now {
+        let Some((state, outcome, error)) = receipt_verdict(r, pending, delivered, unknown) else {
             return Ok(());
-        }
-        let err_text = r
-            .error_code
-            .as_deref()
-            .map(|c| format!(" (error {c})"))
-            .unwrap_or_default();
-        let (state, outcome, error): (State, &str, Option<String>) = if failed_now {
-            let what = if r.status == ReceiptStatus::Expired {
-                "expired"
-            } else {
-                "undeliverable"
-            };
-            (
-                State::Failed,
-                what,
-                Some(format!("receipt: {what}{err_text}")),
-            )
-        } else if unknown > 0 || delivered == 0 {
-            (
-                State::Submitted,
-                "unknown",
-                Some(format!("receipt: outcome unknown{err_text}")),
-            )
-        } else {
-            (State::Delivered, "delivered", None)
         };
         // address is NULL only for the implicit plan (SMS to the msisdn): no steps to close.
         let step: Option<(i64, bool)> = self
@@ -1013,24 +983,6 @@ impl Writer {
             self.pokes.extend(ch);
         }
         Ok(())
-    }
-}
-
-fn part_status(s: ReceiptStatus) -> &'static str {
-    match s {
-        ReceiptStatus::Delivered => "delivered",
-        ReceiptStatus::Undeliverable => "undeliverable",
-        ReceiptStatus::Expired => "expired",
-        ReceiptStatus::Unknown | ReceiptStatus::Pending => "unknown",
-    }
-}
-
-fn status_from_part(s: &str) -> ReceiptStatus {
-    match s {
-        "delivered" => ReceiptStatus::Delivered,
-        "undeliverable" => ReceiptStatus::Undeliverable,
-        "expired" => ReceiptStatus::Expired,
-        _ => ReceiptStatus::Unknown,
     }
 }
 

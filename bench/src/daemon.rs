@@ -215,8 +215,10 @@ pub(crate) fn http_status(base: &str, path: &str) -> u16 {
         .unwrap_or(0)
 }
 
-const WRK_SCRIPT: &str = r#"
-local counter = 0
+/// wrk script posting deliveries with distinct PINs and idempotency keys: `BENCH_PER_THREAD`
+/// requests per thread, `BENCH_TOKEN` as bearer, and an optional `BENCH_PREFIX` that keeps
+/// the PINs of several wrk processes apart.
+pub(crate) const WRK_SCRIPT: &str = r#"
 local threads = 0
 function setup(thread)
   thread:set("tid", threads)
@@ -226,14 +228,15 @@ local n = 0
 local got = 0
 local limit = tonumber(os.getenv("BENCH_PER_THREAD"))
 local token = os.getenv("BENCH_TOKEN")
+local prefix = os.getenv("BENCH_PREFIX") or ""
 function request()
   n = n + 1
-  local pin = string.format("%02d%014d", tid, n)
+  local pin = string.format("%s%02d%014d", prefix, tid, n)
   local body = '{"msisdn":"+819012345678","pin":"' .. pin .. '"}'
   local headers = {}
   headers["Authorization"] = "Bearer " .. token
   headers["Content-Type"] = "application/json"
-  headers["Idempotency-Key"] = "b" .. tid .. "-" .. n
+  headers["Idempotency-Key"] = "b" .. prefix .. tid .. "-" .. n
   return wrk.format("POST", "/v1/deliveries", headers, body)
 end
 function response(status, headers, body)

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::daemon::{Killed, db_count, http_status, now_ms, recorded, start};
+use crate::daemon::{Killed, WRK_SCRIPT, db_count, http_status, now_ms, recorded, start};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct NodesArgs {
@@ -67,28 +67,6 @@ fn psql(url: &str, sql: &str) -> anyhow::Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
-
-const WRK_SCRIPT: &str = r#"
-local n = 0
-local got = 0
-local limit = tonumber(os.getenv("BENCH_PER_THREAD"))
-local token = os.getenv("BENCH_TOKEN")
-local prefix = os.getenv("BENCH_PREFIX")
-function request()
-  n = n + 1
-  local pin = string.format("%s%014d", prefix, n)
-  local body = '{"msisdn":"+819012345678","pin":"' .. pin .. '"}'
-  local headers = {}
-  headers["Authorization"] = "Bearer " .. token
-  headers["Content-Type"] = "application/json"
-  headers["Idempotency-Key"] = "b" .. prefix .. "-" .. n
-  return wrk.format("POST", "/v1/deliveries", headers, body)
-end
-function response(status, headers, body)
-  got = got + 1
-  if got >= limit then wrk.thread:stop() end
-end
-"#;
 
 struct Outcome {
     accepted: i64,
